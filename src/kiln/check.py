@@ -47,7 +47,18 @@ class Problem:
 
 @dataclass
 class CheckReport:
+    file: str
     problems: list[Problem] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """``FILE: no problems`` or ``FILE: 2 errors, 1 warning``."""
+        errors = sum(p.severity is Severity.ERROR for p in self.problems)
+        warnings = len(self.problems) - errors
+        if not self.problems:
+            return f"{self.file}: no problems"
+        counts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in
+                  ((errors, "error"), (warnings, "warning")) if n]  # fmt: skip
+        return f"{self.file}: {', '.join(counts)}"
 
     @property
     def has_errors(self) -> bool:
@@ -75,7 +86,7 @@ def check_build(
         text = dockerfile.read_bytes().decode("utf-8", errors="surrogateescape")
     except OSError as err:
         raise KilnError(f"{name}: cannot read Dockerfile: {err.strerror}") from None
-    report = CheckReport()
+    report = CheckReport(name)
     try:
         syntax = parse(text, file=name)
     except DockerfileError as err:

@@ -211,3 +211,11 @@ def test_check_warns_about_an_onbuild_trigger_that_cannot_work(tmp_path: Path) -
         f"{tmp_path}/Dockerfile:2: warning: ONBUILD trigger will fail in every build based on "
         'this image: unknown instruction "RUNN" (did you mean RUN?)\n'
     )
+
+
+def test_check_summarises_on_stderr(tmp_path: Path) -> None:
+    write(tmp_path / "Dockerfile", "FROM alpine\nRUNN a\nLABEL a=$B\nRUN echo \\\n\n  b\n")
+    _, _, err = run("check", str(EXAMPLE))
+    assert err == f"{EXAMPLE}/Dockerfile: no problems\n"
+    _, _, err = run("check", str(tmp_path))
+    assert err == f"{tmp_path}/Dockerfile: 1 error, 1 warning\n"

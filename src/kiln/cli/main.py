@@ -97,6 +97,7 @@ def check_command(
     for problem in report.problems:
         color = "red" if problem.severity is Severity.ERROR else "yellow"
         click.echo(click.style(str(problem), fg=color) if sys.stdout.isatty() else str(problem))
+    click.echo(report.summary(), err=True)
     if report.has_errors:
         sys.exit(1)
 
