@@ -593,3 +593,12 @@ def test_stage_based_on_a_stage_does_not_resolve_an_image() -> None:
     )
     assert calls == ["alpine"]
     assert dict(stage.env)["X"] == "1"
+
+
+def test_reserved_and_duplicate_stage_names_are_warned() -> None:
+    text = "FROM alpine AS scratch\nFROM alpine AS app\nFROM alpine AS app\n"
+    messages = [(w.line, w.message) for w in plan(text).warnings]
+    assert messages == [
+        (1, "'scratch' is reserved and should not be used as a stage name"),
+        (3, 'duplicate stage name "app" (first on line 2), stage names should be unique'),
+    ]

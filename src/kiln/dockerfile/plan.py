@@ -59,6 +59,9 @@ class BaseImageConfig:
     onbuild: tuple[str, ...] = ()
 
 
+# The config of ``FROM scratch``: BuildKit's empty image works in "/".
+SCRATCH = BaseImageConfig(working_dir="/")
+
 # Looks up an image's config; None when it is not known (not pulled, no registry yet).
 BaseImageResolver = Callable[[str, Platform], BaseImageConfig | None]
 
@@ -244,6 +247,7 @@ class _Planner:
     # -- the steps of planning
 
     def run(self) -> BuildPlan:
+        self.check_stage_names()
         target_name = self.options.target or self.df.stages[-1].name
         global_args = self.global_args(target_name)
         outlines = [self.outline(stage, global_args) for stage in self.df.stages]
@@ -272,6 +276,20 @@ class _Planner:
             target_platform=self.target_platform,
             warnings=tuple(self.warnings),
         )
+
+    def check_stage_names(self) -> None:
+        first: dict[str, int] = {}
+        for stage in self.df.stages:
+            name, location = stage.name, stage.from_.location
+            if name in ("scratch", "context"):
+                self.warn(location, f"'{name}' is reserved and should not be used as a stage name")
+            if name and name in first:
+                self.warn(
+                    location,
+                    f'duplicate stage name "{name}" (first on line {first[name]}), '
+                    "stage names should be unique",
+                )
+            first.setdefault(name, location.start_line)
 
     def global_args(self, target_name: str) -> dict[str, str]:
         """Predefined platform args, then the ARGs before the first FROM, in order."""
@@ -474,7 +492,7 @@ class _Planner:
 
     def base_scope(self, stage: Stage, outline: _Outline) -> tuple[_Scope, list[Instruction]]:
         """The scope an external base image (or scratch) starts a stage with."""
-        config: BaseImageConfig | None = BaseImageConfig()
+        config: BaseImageConfig | None = SCRATCH
         if outline.base.lower() != "scratch":
             config = (
                 self.resolve_base(outline.base, outline.platform) if self.resolve_base else None
@@ -483,7 +501,7 @@ class _Planner:
         config = config or BaseImageConfig()
         image_env = dict(_split_env(config.env))
         image_env.setdefault("PATH", DEFAULT_PATH)
-        workdir = _join_workdir("/", config.working_dir) if config.working_dir else "/"
+        workdir = join_workdir("/", config.working_dir) if config.working_dir else "/"
         triggers = [
             _trigger_from_image(expression, stage.from_.location, self.df)
             for expression in config.onbuild
@@ -521,7 +539,7 @@ class _Planner:
                     scope.env[pair.key] = pair.value
                     scope.image_env[pair.key] = pair.value
             elif isinstance(expanded, Workdir):
-                scope.workdir = _join_workdir(scope.workdir, expanded.path)
+                scope.workdir = join_workdir(scope.workdir, expanded.path)
         return Step(expanded, env_before, workdir_before, onbuild)
 
     def dispatch_arg(self, arg: Arg, scope: _Scope, global_args: dict[str, str]) -> None:
@@ -598,7 +616,7 @@ def _split_env(entries: Iterable[str]) -> Iterable[tuple[str, str]]:
         yield key, value
 
 
-def _join_workdir(current: str, path: str) -> str:
+def join_workdir(current: str, path: str) -> str:
     """WORKDIR semantics: relative paths join the current directory; the result is clean."""
     joined = posixpath.normpath(posixpath.join("/", current, path))
     return "/" + joined.lstrip("/")

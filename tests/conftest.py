@@ -1,0 +1,56 @@
+"""Fixtures that start real collaborators for the tests that need them, and stop them after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.engines import DOCKER_CLIENT, DockerEngine
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    """A dockerd of our own (own data root, socket and exec root), no network setup."""
+    if shutil.which("dockerd") is None or not Path(DOCKER_CLIENT).exists():
+        pytest.skip("Debian's docker.io is not installed (.ci/run installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("starting a private dockerd needs root")
+    # Socket paths must stay short (108 bytes), so the daemon lives under /tmp directly.
+    base = Path(tmp_path_factory.mktemp("dockerd", numbered=True))
+    short = Path("/tmp") / f"kiln-dockerd-{os.getpid()}"
+    short.mkdir(exist_ok=True)
+    host = f"unix://{short}/docker.sock"
+    log = open(base / "dockerd.log", "wb")  # noqa: SIM115 -- closed after the daemon stops
+    daemon = subprocess.Popen(
+        [
+            "dockerd", "--data-root", str(base / "data"), "--exec-root", str(short / "exec"),
+            "--pidfile", str(short / "docker.pid"), "--host", host, "--bridge", "none",
+            "--iptables=false", "--ip-masq=false", "--storage-driver", "overlay2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    engine = DockerEngine(host)
+    try:
+        deadline = time.monotonic() + 60
+        while not engine.ready():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                tail = (base / "dockerd.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"dockerd did not start:\n{tail}")
+            time.sleep(0.2)
+        yield engine
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        shutil.rmtree(short, ignore_errors=True)
