@@ -19,6 +19,14 @@ class DockerEngine:
         probe = [DOCKER_CLIENT, "-H", self.host, "version", "--format", "{{.Server.Version}}"]
         return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
 
+    def run_bytes(self, *args: str) -> bytes:
+        result = subprocess.run(
+            [DOCKER_CLIENT, "-H", self.host, *args], capture_output=True, timeout=300
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.decode()}")
+        return result.stdout
+
     def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
         result = subprocess.run(
             [DOCKER_CLIENT, "-H", self.host, *args],

@@ -97,6 +97,28 @@ def test_pruning_never_changes_the_result(tmp_path: Path, patterns: list[str]) -
     assert scanned == expected
 
 
+@pytest.mark.parametrize(
+    ("files", "patterns", "kept"),
+    [
+        # A wildcard exception reaches into directories a prefix rule would have pruned.
+        (["src/a/keep.txt", "src/a/drop.txt", "src/b.txt"], ["src/*", "!src/*/keep.txt"],
+         {"src", "src/a", "src/a/keep.txt"}),
+        # The last matching pattern wins, below a walked directory too.
+        (["docs/a.md", "docs/api/b.md", "docs/private/p.md", "docs/x.png"],
+         ["docs", "!docs/**/*.md", "docs/private"],
+         {"docs", "docs/a.md", "docs/api", "docs/api/b.md"}),
+        # An excluded directory walked for nothing is not part of the context.
+        (["a/b", "a/c", "z"], ["a", "!a/b", "a"], {"z"}),
+    ],
+)  # fmt: skip
+def test_exceptions_in_excluded_directories(
+    tmp_path: Path, files: list[str], patterns: list[str], kept: set[str]
+) -> None:
+    root = tmp_path / "ctx"
+    make(root, dict.fromkeys(files, "x"))
+    assert {e.path for e in scan_context(root, PatternMatcher(patterns))} == kept
+
+
 def test_rescan_of_unchanged_context_hashes_nothing(tmp_path: Path, cache: DigestCache) -> None:
     root = tmp_path / "ctx"
     make(root, {f"d{i}/f{j}.txt": f"{i}-{j}" for i in range(5) for j in range(20)})

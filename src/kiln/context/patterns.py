@@ -154,6 +154,7 @@ def _class_char(chunk: str) -> tuple[str, str]:
 # -- one .dockerignore pattern ------------------------------------------------------------------
 
 _REGEX_SPECIAL = frozenset(".+()|{}$")
+_PATTERN_CHARS = frozenset("*[]?^\\")
 
 
 @dataclass(frozen=True)
@@ -189,13 +190,6 @@ class Pattern:
             return path.endswith(suffix) or (suffix[:1] == "/" and path == suffix[1:])
         assert self._regex is not None
         return self._regex.match(path) is not None
-
-    def literal_prefix(self) -> str:
-        """The pattern up to its first wildcard: every match starts with it."""
-        for i, ch in enumerate(self.cleaned):
-            if ch in "*?[\\":
-                return self.cleaned[:i]
-        return self.cleaned
 
 
 def _compile(pattern: str) -> tuple[str, re.Pattern[str] | None]:
@@ -300,18 +294,22 @@ class PatternMatcher:
         return matched, MatchInfo(tuple(results))
 
     def may_include_under(self, directory: str) -> bool:
-        """Could an exception re-include something below an excluded ``directory``?
+        """Must a walker descend into ``directory`` although it is excluded?
 
-        Conservative: any ``!`` pattern whose literal prefix is compatible with the
-        directory's path counts, so pruning never loses a re-included file.
+        BuildKit's rule: when every exception is a plain path (wildcards allowed only as a
+        trailing ``/*`` or ``/**``), only if one of them lies below the directory; when any
+        exception has a wildcard, always. Combined with exact matching, pruning never
+        drops a file an exception brings back.
         """
+        exceptions = [_without_trailing_glob(p.cleaned) for p in self.patterns if p.exclusion]
+        if any(_PATTERN_CHARS & set(text) for text in exceptions):
+            return True
         below = clean_path(directory) + "/"
-        for pattern in self.patterns:
-            if pattern.exclusion:
-                prefix = pattern.literal_prefix()
-                if below.startswith(prefix) or prefix.startswith(below):
-                    return True
-        return False
+        return any((text + "/").startswith(below) for text in exceptions)
+
+
+def _without_trailing_glob(pattern: str) -> str:
+    return pattern.removesuffix("/**").removesuffix("/*")
 
 
 def _parents(path: str) -> list[str]:
