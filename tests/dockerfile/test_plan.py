@@ -231,6 +231,14 @@ def test_proxy_build_args_need_no_declaration(name: str) -> None:
     assert warnings("FROM alpine\nRUN x\n", build_args={name: "http://proxy:3128"}) == []
 
 
+def test_proxy_build_args_reach_run_steps_but_not_the_image_env() -> None:
+    text = "FROM scratch\nRUN wget example.org\n"
+    result = plan(text, build_args={"https_proxy": "http://proxy:3128", "OTHER": "x"})
+    assert result.proxy_env == (("https_proxy", "http://proxy:3128"),)
+    assert "https_proxy" not in dict(result.target_stage.env)
+    assert "https_proxy" not in dict(result.target_stage.steps[-1].env)
+
+
 def test_unconsumed_build_arg_warns() -> None:
     messages = warnings("FROM alpine\nARG USED\n", build_args={"USED": "1", "TYPO": "2"})
     assert len(messages) == 1

@@ -130,6 +130,8 @@ class BuildPlan:
     build_platform: Platform
     target_platform: Platform
     warnings: tuple[PlanWarning, ...]
+    # Proxy build args (http_proxy...): given to RUN steps, kept out of the image and cache key.
+    proxy_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def target_stage(self) -> StagePlan:
@@ -275,6 +277,7 @@ class _Planner:
             build_platform=self.build_platform,
             target_platform=self.target_platform,
             warnings=tuple(self.warnings),
+            proxy_env=tuple((k, v) for k, v in self.options.build_args.items() if k in PROXY_ARGS),
         )
 
     def check_stage_names(self) -> None:
