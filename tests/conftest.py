@@ -54,3 +54,28 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEn
             daemon.wait()
         log.close()
         shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root filesystem of Debian's busybox-static, every applet linked, with root's
+    passwd and group entries: the smallest realistic base image, made offline."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("Debian's busybox-static is not installed (.ci/run installs it)")
+    root = tmp_path_factory.mktemp("busybox-rootfs")
+    for directory in ("bin", "etc", "root", "tmp", "var/tmp"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+    )
+    (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (root / "tmp").chmod(0o1777)
+    return root

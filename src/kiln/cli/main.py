@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,12 @@ from rich.markup import escape
 from kiln import __version__
 from kiln.check import Severity, check_build
 from kiln.dockerfile.document import Dockerfile, load_dockerfile, parse_dockerfile
+from kiln.dockerfile.platform import Platform
 from kiln.dockerfile.serialize import dockerfile_to_dict
 from kiln.errors import KilnError
+from kiln.reference import Reference
+from kiln.store import Store, StoredImage
+from kiln.store.transfer import import_rootfs, load, save
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -112,6 +117,152 @@ def _parse_build_args(values: tuple[str, ...]) -> dict[str, str]:
         elif name in os.environ:
             args[name] = os.environ[name]
     return args
+
+
+# -- the image store ---------------------------------------------------------------------------
+
+
+def _store() -> Store:
+    return Store()
+
+
+def _ago(timestamp: float) -> str:
+    seconds = max(0, time.time() - timestamp)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "seconds ago"
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.3g}{unit}" if unit != "B" else f"{size}B"
+        value /= 1000
+    raise AssertionError
+
+
+@cli.command("images")
+@click.option("-q", "--quiet", is_flag=True, help="Print image IDs only.")
+def images_command(quiet: bool) -> None:
+    """List the images in kiln's store."""
+    rows: list[tuple[str, str, str, StoredImage]] = []
+    for image in _store().images():
+        short = image.id.removeprefix("sha256:")[:12]
+        if not image.tags:
+            rows.append(("<none>", "<none>", short, image))
+        for tag in map(Reference.parse, image.tags):
+            rows.append((tag.familiar.rpartition(":")[0], tag.tag, short, image))
+    if quiet:
+        for short in dict.fromkeys(row[2] for row in rows):
+            click.echo(short)
+        return
+    click.echo(f"{'REPOSITORY':<40} {'TAG':<16} {'IMAGE ID':<12}   {'CREATED':<16} SIZE")
+    for name, tag_name, short, image in rows:
+        click.echo(
+            f"{name:<40} {tag_name:<16} {short:<12}   {_ago(image.created):<16} "
+            f"{_human_size(image.size)}"
+        )
+
+
+@cli.command("inspect")
+@click.argument("names", nargs=-1, required=True, metavar="IMAGE...")
+def inspect_command(names: tuple[str, ...]) -> None:
+    """Show images as JSON, like `docker image inspect`."""
+    store = _store()
+    click.echo(json.dumps([_inspect(store.image(name)) for name in names], indent=4))
+
+
+def _inspect(image: StoredImage) -> dict[str, Any]:
+    config = image.config
+    return {
+        "Id": image.id,
+        "RepoTags": [Reference.parse(t).familiar for t in image.tags],
+        "RepoDigests": [],
+        "Created": config.get("created", ""),
+        "Author": config.get("author", ""),
+        "Config": config.get("config", {}),
+        "Architecture": config.get("architecture", ""),
+        "Variant": config.get("variant", ""),
+        "Os": config.get("os", ""),
+        "Size": image.size,
+        "RootFS": {"Type": "layers", "Layers": config.get("rootfs", {}).get("diff_ids", [])},
+        "Manifest": image.manifest_digest,
+    }
+
+
+@cli.command("tag")
+@click.argument("source", metavar="SOURCE_IMAGE")
+@click.argument("target", metavar="TARGET_IMAGE[:TAG]")
+def tag_command(source: str, target: str) -> None:
+    """Give an image another name."""
+    _store().tag(source, Reference.parse(target))
+
+
+@cli.command("rmi")
+@click.option("-f", "--force", is_flag=True, help="Remove an image even if it has several tags.")
+@click.argument("names", nargs=-1, required=True, metavar="IMAGE...")
+def rmi_command(force: bool, names: tuple[str, ...]) -> None:
+    """Remove images (by tag: only that tag, until the last one)."""
+    store = _store()
+    for name in names:
+        for line in store.remove(name, force=force):
+            click.echo(line)
+
+
+@cli.command("prune")
+def prune_command() -> None:
+    """Remove untagged images and data nothing uses."""
+    images, freed = _store().prune()
+    click.echo(f"Deleted {images} untagged image(s); reclaimed {_human_size(freed)}")
+
+
+@cli.command("import")
+@click.argument("source", type=click.Path(exists=True, path_type=Path), metavar="ROOTFS.tar|DIR")
+@click.argument("name")
+@click.option("--platform", default=None, help="os/arch[/variant] of the image (default: host).")
+def import_command(source: Path, name: str, platform: str | None) -> None:
+    """Make a base image from a root filesystem, as `docker import` does."""
+    image = import_rootfs(
+        _store(), source, Reference.parse(name), Platform.parse(platform) if platform else None
+    )
+    click.echo(image.id)
+
+
+@cli.command("save")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Write to a file, not stdout."
+)
+@click.argument("names", nargs=-1, required=True, metavar="IMAGE...")
+def save_command(output: Path | None, names: tuple[str, ...]) -> None:
+    """Write images as a tar (docker-archive and OCI layout at once)."""
+    store = _store()
+    if output is None:
+        if sys.stdout.isatty():
+            raise KilnError("refusing to write an image archive to a terminal: use -o FILE")
+        save(store, names, sys.stdout.buffer)
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with open(partial, "wb") as out:
+            save(store, names, out)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@cli.command("load")
+@click.option(
+    "-i", "--input", "source", type=click.Path(exists=True, path_type=Path), required=True,
+    help="The image archive (docker save or kiln save output).",
+)  # fmt: skip
+def load_command(source: Path) -> None:
+    """Load images from a docker-archive or OCI-layout tar."""
+    for image in load(_store(), source):
+        names = [Reference.parse(t).familiar for t in image.tags]
+        click.echo(f"Loaded image: {', '.join(names)}" if names else f"Loaded image ID: {image.id}")
 
 
 def main() -> None:

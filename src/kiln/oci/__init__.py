@@ -1,0 +1,1 @@
+"""OCI image data: media types, descriptors, manifests and configs, layer tars."""

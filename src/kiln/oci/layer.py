@@ -1,0 +1,156 @@
+"""Layer tars: written from a directory in a fixed order, read back as a stream.
+
+Entries are sorted byte-wise with parents first, owners are numeric with no names, mtimes
+are whole seconds, hard links point at the first path of their inode, and extended
+attributes (``security.capability`` among them) travel as PAX ``SCHILY.xattr`` records.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, cast
+
+import zstandard
+
+from kiln.errors import KilnError
+
+# xattrs that describe the host, not the image.
+_SKIPPED_XATTRS = ("security.selinux", "system.nfs4_acl")
+_SKIPPED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+
+
+class LayerError(KilnError):
+    """A layer that cannot be written or read."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """The uncompressed layer's digest (its diff_id) and size."""
+
+    diff_id: str
+    size: int
+
+
+class HashingWriter:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        self.target = target
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def write_dir_layer(root: Path, out: BinaryIO) -> LayerInfo:
+    """Write everything below ``root`` (not ``root`` itself) to ``out`` as a layer tar."""
+    writer = HashingWriter(out)
+    links: dict[tuple[int, int], str] = {}
+    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for relative, path in _walk(root):
+            _add_entry(tar, path, relative, links)
+    return LayerInfo(writer.digest, writer.size)
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path]]:
+    """(relative name, path) below ``root``: sorted byte-wise, parents before children."""
+    stack = [("", root)]
+    while stack:
+        relative, directory = stack.pop()
+        try:
+            names = sorted(os.listdir(directory), key=os.fsencode)
+        except OSError as err:
+            raise LayerError(f"cannot read {directory}: {err.strerror}") from None
+        children = []
+        for name in names:
+            child_relative = f"{relative}/{name}" if relative else name
+            child = directory / name
+            yield child_relative, child
+            if child.is_dir() and not child.is_symlink():
+                children.append((child_relative, child))
+        stack.extend(reversed(children))
+
+
+def _add_entry(
+    tar: tarfile.TarFile, path: Path, name: str, links: dict[tuple[int, int], str]
+) -> None:
+    st = os.lstat(path)
+    info = tarfile.TarInfo(name)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.mtime = int(st.st_mtime)
+    info.pax_headers = _xattrs(path)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in links:
+            info.type, info.linkname = tarfile.LNKTYPE, links[key]
+            tar.addfile(info)
+            return
+        links[key] = name
+        info.size = st.st_size
+        with open(path, "rb") as f:
+            tar.addfile(info, f)
+        return
+    if stat.S_ISDIR(mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    elif stat.S_ISFIFO(mode):
+        info.type = tarfile.FIFOTYPE
+    else:
+        return  # sockets cannot be archived
+    tar.addfile(info)
+
+
+def _xattrs(path: Path) -> dict[str, str]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    records = {}
+    for name in sorted(names):
+        if name in _SKIPPED_XATTRS or name.startswith(_SKIPPED_XATTR_PREFIXES):
+            continue
+        value = os.getxattr(path, name, follow_symlinks=False)
+        if value:
+            records["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
+    return records
+
+
+def open_decompressed(path: Path) -> IO[bytes]:
+    """A tar file, compressed with gzip, bzip2, xz or zstd or not at all, as a raw stream."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    if magic.startswith(b"BZh"):
+        return bz2.open(path, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rb")
+    if magic.startswith(b"\x28\xb5\x2f\xfd"):
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+    return open(path, "rb")

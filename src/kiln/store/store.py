@@ -1,0 +1,356 @@
+"""The embedded image store: an OCI image layout plus a SQLite index, under one root.
+
+``blobs/sha256/<hex>`` holds every blob, written to a temp file and renamed into place only
+once its digest is verified, so a crash leaves at worst an orphan temp file. ``kiln.db``
+records images and tags; ``index.json`` mirrors the tags so that tools reading OCI layouts
+(skopeo ``oci:ROOT:TAG``, umoci) see the store as a plain layout. Writers take an exclusive
+``flock`` on ``lock``; readers rely on SQLite's own consistency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.config import default_root
+from kiln.errors import KilnError
+from kiln.oci.layer import HashingWriter
+from kiln.oci.objects import (
+    CONTAINERD_NAME,
+    INDEX,
+    MANIFEST,
+    REF_NAME,
+    Descriptor,
+    canonical_json,
+    sha256_digest,
+)
+from kiln.reference import Reference
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    manifest TEXT PRIMARY KEY,   -- digest of the manifest blob
+    config TEXT NOT NULL,        -- digest of the config blob: the image ID
+    size INTEGER NOT NULL,       -- bytes of its layers
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+    name TEXT PRIMARY KEY,       -- full reference: docker.io/library/busybox:latest
+    manifest TEXT NOT NULL REFERENCES images(manifest)
+);
+"""
+
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+class StoreError(KilnError):
+    """The store is missing something asked of it, or cannot be written."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image in the store: its manifest and config, parsed, and its tags."""
+
+    manifest_digest: str
+    manifest: dict[str, Any]
+    config_digest: str
+    config: dict[str, Any]
+    tags: tuple[str, ...]
+    size: int
+    created: float
+
+    @property
+    def id(self) -> str:
+        return self.config_digest
+
+    @property
+    def layers(self) -> list[Descriptor]:
+        return [Descriptor.from_json(d) for d in self.manifest["layers"]]
+
+
+class Store:
+    """Blobs, images and tags under ``root`` (``$KILN_ROOT`` by default)."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or default_root()
+        self.blobs = self.root / "blobs" / "sha256"
+        self.tmp = self.root / "tmp"
+        try:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(exist_ok=True)
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                self._write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}')
+        except OSError as err:
+            raise StoreError(f"cannot use {self.root} as kiln's store: {err.strerror}") from None
+        self.db = sqlite3.connect(self.root / "kiln.db", timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        with self.lock():
+            self.db.executescript(_SCHEMA)
+            if not (self.root / "index.json").exists():
+                self._write_index()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- locking and atomic files
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across processes: held while images, tags or index.json change."""
+        with _flock(self.root / "lock", fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held (shared) by whoever stores blobs before recording the image that uses them,
+        so that garbage collection, which needs it exclusively, never takes them away."""
+        with _flock(self.root / "gc.lock", fcntl.LOCK_SH):
+            yield
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, temp = tempfile.mkstemp(dir=self.tmp if self.tmp.exists() else path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    # -- blobs
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, _, encoded = digest.partition(":")
+        if algorithm != "sha256" or len(encoded) != 64:
+            raise StoreError(f"unsupported digest {digest!r}")
+        return self.blobs / encoded
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).exists()
+
+    def read_blob(self, digest: str) -> bytes:
+        try:
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from the store") from None
+
+    def put_blob(self, data: bytes, expected: str | None = None) -> str:
+        """Store ``data``; returns its digest (checked against ``expected`` if given)."""
+        digest = sha256_digest(data)
+        if expected and expected != digest:
+            raise StoreError(f"blob content does not match its digest {expected}")
+        path = self.blob_path(digest)
+        if not path.exists():
+            self._write_atomic(path, data)
+        return digest
+
+    def put_blob_stream(self, write: Callable[[HashingWriter], None]) -> tuple[str, int]:
+        """Store what ``write`` writes, hashing it on the way; returns (digest, size)."""
+        fd, temp = tempfile.mkstemp(dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                hashing = HashingWriter(f)
+                write(hashing)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = hashing.digest
+            path = self.blob_path(digest)
+            if path.exists():
+                os.unlink(temp)
+            else:
+                os.replace(temp, path)
+            return digest, hashing.size
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    # -- images and tags
+
+    def add_image(self, manifest: dict[str, Any], tags: list[Reference]) -> StoredImage:
+        """Record an image whose config and layer blobs are already stored, and tag it."""
+        manifest_bytes = canonical_json(manifest)
+        config = Descriptor.from_json(manifest["config"])
+        layers = [Descriptor.from_json(d) for d in manifest["layers"]]
+        for blob in (config, *layers):
+            if not self.has_blob(blob.digest):
+                raise StoreError(f"cannot record image: blob {blob.digest} is not stored")
+        with self.lock():
+            digest = self.put_blob(manifest_bytes)
+            self.db.execute(
+                "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
+                (digest, config.digest, sum(layer.size for layer in layers), time.time()),
+            )
+            for tag in tags:
+                self.db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?)", (str(tag), digest))
+            self._write_index()
+        return self.image(digest)
+
+    def tag(self, source: str, target: Reference) -> None:
+        image = self.image(source)
+        with self.lock():
+            self.db.execute(
+                "INSERT OR REPLACE INTO tags VALUES (?, ?)", (str(target), image.manifest_digest)
+            )
+            self._write_index()
+
+    def resolve(self, name: str) -> str:
+        """The manifest digest ``name`` stands for: an image ID (or unique prefix), or a tag."""
+        bare = name.removeprefix("sha256:")
+        if len(bare) >= 4 and _HEX.fullmatch(bare):
+            pattern = "sha256:" + bare + "%"
+            rows = self.db.execute(
+                "SELECT manifest FROM images WHERE config LIKE ? OR manifest LIKE ?",
+                (pattern, pattern),
+            )
+            found = {str(r[0]) for r in rows}
+            if len(found) > 1:
+                raise StoreError(f"{name!r} matches several images; give more of the ID")
+            if found:
+                return found.pop()
+        tag = self._tag_of(name)
+        if tag is not None:
+            row = self.db.execute("SELECT manifest FROM tags WHERE name = ?", (tag,)).fetchone()
+            if row is not None:
+                return str(row[0])
+        raise StoreError(f"no such image: {name}")
+
+    def _tag_of(self, name: str) -> str | None:
+        try:
+            return str(Reference.parse(name))
+        except KilnError:
+            return None
+
+    def image(self, name: str) -> StoredImage:
+        digest = name if name.startswith("sha256:") and self._known(name) else self.resolve(name)
+        row = self.db.execute(
+            "SELECT config, size, created FROM images WHERE manifest = ?", (digest,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no such image: {name}")
+        tags = tuple(
+            r[0]
+            for r in self.db.execute(
+                "SELECT name FROM tags WHERE manifest = ? ORDER BY name", (digest,)
+            )
+        )
+        manifest = json.loads(self.read_blob(digest))
+        config = json.loads(self.read_blob(row[0]))
+        return StoredImage(digest, manifest, row[0], config, tags, row[1], row[2])
+
+    def _known(self, digest: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM images WHERE manifest = ?", (digest,))
+        return row.fetchone() is not None
+
+    def images(self) -> list[StoredImage]:
+        rows = self.db.execute("SELECT manifest FROM images ORDER BY created DESC").fetchall()
+        return [self.image(r[0]) for r in rows]
+
+    def remove(self, name: str, *, force: bool = False) -> list[str]:
+        """``rmi``: untag ``name``; drop the image and its unshared blobs once untagged.
+
+        Returns what was removed, as docker prints it (``Untagged:``/``Deleted:`` lines).
+        """
+        removed = []
+        with self._collecting():
+            digest = self.resolve(name)
+            tags = [
+                r[0] for r in self.db.execute("SELECT name FROM tags WHERE manifest = ?", (digest,))
+            ]
+            tag = self._tag_of(name)
+            untag: list[str]
+            if tag is not None and tag in tags:
+                untag = [tag]
+            elif len(tags) > 1 and not force:
+                raise StoreError(
+                    f"image {name} is tagged {len(tags)} times: remove the tags or use --force"
+                )
+            else:
+                untag = tags
+            for each in untag:
+                self.db.execute("DELETE FROM tags WHERE name = ?", (each,))
+                removed.append(f"Untagged: {Reference.parse(each).familiar}")
+            if len(untag) == len(tags):
+                config = self.image(digest).config_digest
+                self.db.execute("DELETE FROM images WHERE manifest = ?", (digest,))
+                removed.append(f"Deleted: {config}")
+                self._collect_garbage()
+            self._write_index()
+        return removed
+
+    def prune(self) -> tuple[int, int]:
+        """Remove untagged images and blobs nothing references: (images, bytes) freed."""
+        with self._collecting():
+            untagged = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT manifest FROM images WHERE manifest NOT IN (SELECT manifest FROM tags)"
+                )
+            ]
+            for digest in untagged:
+                self.db.execute("DELETE FROM images WHERE manifest = ?", (digest,))
+            freed = self._collect_garbage()
+            self._write_index()
+        return len(untagged), freed
+
+    @contextlib.contextmanager
+    def _collecting(self) -> Iterator[None]:
+        """For garbage collection: no writer in flight (they hold ``writing``), then the lock.
+        Always in this order, the order writers take them in too."""
+        with _flock(self.root / "gc.lock", fcntl.LOCK_EX), self.lock():
+            yield
+
+    def _collect_garbage(self) -> int:
+        """Delete blobs no recorded image references, and stale temp files (``_collecting``)."""
+        keep = set()
+        for (digest,) in self.db.execute("SELECT manifest FROM images"):
+            keep.add(digest)
+            manifest = json.loads(self.read_blob(digest))
+            keep.add(manifest["config"]["digest"])
+            keep.update(layer["digest"] for layer in manifest["layers"])
+        freed = 0
+        for path in self.blobs.iterdir():
+            if "sha256:" + path.name not in keep:
+                freed += path.stat().st_size
+                path.unlink()
+        for path in self.tmp.iterdir():
+            if time.time() - path.stat().st_mtime > 3600:  # an interrupted write, long gone
+                path.unlink()
+        return freed
+
+    def _write_index(self) -> None:
+        """index.json from the tags table (untagged images are not in it)."""
+        manifests = []
+        rows = self.db.execute("SELECT t.name, t.manifest FROM tags t ORDER BY t.name").fetchall()
+        for name, digest in rows:
+            reference = Reference.parse(name)
+            size = self.blob_path(digest).stat().st_size
+            annotations = {CONTAINERD_NAME: name, REF_NAME: reference.tag or reference.digest}
+            manifests.append(Descriptor(MANIFEST, digest, size, annotations).to_json())
+        index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests}
+        self._write_atomic(self.root / "index.json", canonical_json(index))
+
+
+@contextlib.contextmanager
+def _flock(path: Path, operation: int) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, operation)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
