@@ -64,7 +64,7 @@ def test_parse_json_has_typed_instructions_with_lines() -> None:
     code, out, _ = run("parse", "-f", str(EXAMPLE / "Dockerfile"), "--format", "json")
     assert code == 0
     data = json.loads(out)
-    assert [arg["args"][0]["key"] for arg in data["meta_args"]] == ["GREETING"]
+    assert [arg["args"][0]["key"] for arg in data["meta_args"]] == ["BASE"]
     build, final = data["stages"]
     assert build["name"] == "build"
     heredoc_copy = build["instructions"][1]
@@ -73,8 +73,8 @@ def test_parse_json_has_typed_instructions_with_lines() -> None:
     assert (heredoc_copy["start_line"], heredoc_copy["end_line"]) == (6, 8)
     assert final["instructions"][-1] == {
         "instruction": "CMD",
-        "start_line": 19,
-        "end_line": 19,
+        "start_line": 18,
+        "end_line": 18,
         "source": 'CMD ["/app/hello.sh"]',
         "command": ["/app/hello.sh"],
         "shell_form": False,

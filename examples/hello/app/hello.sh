@@ -1,2 +1,2 @@
 #!/bin/sh
-cat /app/greeting.txt
+echo "$(cat /app/greeting.txt) ($(cat /app/greeting.size) bytes, built with kiln)"

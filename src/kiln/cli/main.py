@@ -22,6 +22,8 @@ from kiln.check import Severity, check_build
 from kiln.dockerfile.document import Dockerfile, load_dockerfile, parse_dockerfile
 from kiln.dockerfile.platform import Platform
 from kiln.dockerfile.serialize import dockerfile_to_dict
+from kiln.engine.container import run_image
+from kiln.engine.executor import Builder, BuildRequest
 from kiln.errors import KilnError
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
@@ -263,6 +265,70 @@ def load_command(source: Path) -> None:
     for image in load(_store(), source):
         names = [Reference.parse(t).familiar for t in image.tags]
         click.echo(f"Loaded image: {', '.join(names)}" if names else f"Loaded image ID: {image.id}")
+
+
+# -- building and running ----------------------------------------------------------------------
+
+
+@cli.command("build")
+@click.option("-t", "--tag", "tags", multiple=True, metavar="NAME[:TAG]", help="Tag the image.")
+@click.option("-f", "--file", "file", type=click.Path(path_type=Path), help="The Dockerfile.")
+@click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE")
+@click.option("--target", default="", help="Build this stage (and what it needs).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Add a label.")
+@click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
+@click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
+@click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def build_command(
+    tags: tuple[str, ...],
+    file: Path | None,
+    build_args: tuple[str, ...],
+    target: str,
+    labels: tuple[str, ...],
+    network: str,
+    quiet: bool,
+    iidfile: Path | None,
+    context: Path,
+) -> None:
+    """Build an image from a Dockerfile and a context, with no daemon."""
+    for tag in tags:
+        Reference.parse(tag)  # a bad tag fails before the build, not after
+    request = BuildRequest(
+        context=context,
+        dockerfile=file,
+        tags=tags,
+        build_args=_parse_build_args(build_args),
+        target=target,
+        labels=dict(label.partition("=")[::2] for label in labels),
+        network=network,
+    )
+    output = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    image = Builder(_store(), output).build(request)
+    if iidfile is not None:
+        iidfile.write_text(image.id)
+    if quiet:
+        click.echo(image.id)
+    else:
+        click.echo(f"Successfully built {image.id}", err=True)
+        for tag in image.tags:
+            click.echo(f"Successfully tagged {Reference.parse(tag).familiar}", err=True)
+
+
+@cli.command("run", context_settings={"allow_interspersed_args": False})
+@click.option("--rm", is_flag=True, help="Accepted for docker's sake: kiln never keeps containers.")
+@click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
+@click.argument("image")
+@click.argument("command", nargs=-1)
+def run_command(rm: bool, network: str, image: str, command: tuple[str, ...]) -> None:
+    """Run an image's entrypoint and command (or COMMAND) in a throwaway container."""
+
+    def output(line: bytes) -> None:
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+
+    status = run_image(_store(), image, list(command), network, output)
+    sys.exit(status)
 
 
 def main() -> None:

@@ -15,7 +15,13 @@ from kiln.context.patterns import (
     clean_path,
     match_glob,
 )
-from kiln.context.scan import ContextEntry, ContextSnapshot, DigestCache, scan_context
+from kiln.context.scan import (
+    ContextEntry,
+    ContextSnapshot,
+    DigestCache,
+    context_paths,
+    scan_context,
+)
 
 __all__ = [
     "ContextEntry",
@@ -28,6 +34,7 @@ __all__ = [
     "PatternError",
     "PatternMatcher",
     "clean_path",
+    "context_paths",
     "find_ignore_file",
     "load_ignore",
     "match_glob",

@@ -169,6 +169,13 @@ def scan_context(
     return ContextSnapshot(root, tuple(entries), len(to_hash), hashed_bytes)
 
 
+def context_paths(root: Path, ignore: PatternMatcher | None = None) -> set[str]:
+    """The paths of the context a build may read, after .dockerignore, without hashing."""
+    walker = _Walker(str(root.resolve()) + "/", ignore)
+    walker.walk("", MatchInfo())
+    return {item.path for item in walker.found}
+
+
 @dataclass(frozen=True)
 class _Found:
     path: str

@@ -75,11 +75,13 @@ def stage_config(
     config = replace(config, env=tuple(f"{k}={v}" for k, v in stage.env))
     cmd_set = False
     for step in stage.steps:
-        config, cmd_set = _apply(config, step.instruction, cmd_set)
+        config, cmd_set = apply_instruction(config, step.instruction, cmd_set)
     return config
 
 
-def _apply(config: ImageConfig, i: Instruction, cmd_set: bool) -> tuple[ImageConfig, bool]:
+def apply_instruction(
+    config: ImageConfig, i: Instruction, cmd_set: bool
+) -> tuple[ImageConfig, bool]:
     """One instruction's effect; ``cmd_set`` is whether this stage has set CMD yet."""
     if isinstance(i, Label):
         return replace(
@@ -114,6 +116,87 @@ def _apply(config: ImageConfig, i: Instruction, cmd_set: bool) -> tuple[ImageCon
     if isinstance(i, Workdir):
         return replace(config, working_dir=join_workdir(config.working_dir or "/", i.path)), cmd_set
     return config, cmd_set
+
+
+def to_oci(config: ImageConfig) -> dict[str, object]:
+    """The ``config`` object of an OCI image config (Docker's field names)."""
+    data: dict[str, object] = {}
+    if config.env:
+        data["Env"] = list(config.env)
+    if config.user:
+        data["User"] = config.user
+    if config.working_dir:
+        data["WorkingDir"] = config.working_dir
+    if config.labels:
+        data["Labels"] = dict(config.labels)
+    if config.exposed_ports:
+        data["ExposedPorts"] = {port: {} for port in config.exposed_ports}
+    if config.volumes:
+        data["Volumes"] = {volume: {} for volume in config.volumes}
+    if config.stop_signal:
+        data["StopSignal"] = config.stop_signal
+    if config.cmd is not None:
+        data["Cmd"] = list(config.cmd)
+    if config.entrypoint is not None:
+        data["Entrypoint"] = list(config.entrypoint)
+    if config.shell:
+        data["Shell"] = list(config.shell)
+    if config.onbuild:
+        data["OnBuild"] = list(config.onbuild)
+    if config.healthcheck is not None:
+        h = config.healthcheck
+        health: dict[str, object] = {"Test": list(h.test)}
+        durations = {
+            "Interval": h.interval,
+            "Timeout": h.timeout,
+            "StartPeriod": h.start_period,
+            "StartInterval": h.start_interval,
+            "Retries": h.retries,
+        }
+        for key, value in durations.items():
+            if value:
+                health[key] = value
+        data["Healthcheck"] = health
+    return data
+
+
+def from_oci(data: dict[str, object]) -> ImageConfig:
+    """An image's ``config`` object back as an ``ImageConfig`` (what a stage starts from)."""
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = data.get(key)
+        return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+    def optional(key: str) -> tuple[str, ...] | None:
+        return strings(key) if isinstance(data.get(key), list) else None
+
+    labels = data.get("Labels")
+    ports = data.get("ExposedPorts")
+    volumes = data.get("Volumes")
+    health = data.get("Healthcheck")
+    return ImageConfig(
+        env=strings("Env"),
+        user=str(data.get("User") or ""),
+        working_dir=str(data.get("WorkingDir") or ""),
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        exposed_ports=tuple(sorted(ports)) if isinstance(ports, dict) else (),
+        volumes=tuple(sorted(volumes)) if isinstance(volumes, dict) else (),
+        stop_signal=str(data.get("StopSignal") or ""),
+        cmd=optional("Cmd"),
+        entrypoint=optional("Entrypoint"),
+        shell=strings("Shell"),
+        healthcheck=HealthConfig(
+            tuple(health.get("Test") or ()),
+            int(health.get("Interval") or 0),
+            int(health.get("Timeout") or 0),
+            int(health.get("StartPeriod") or 0),
+            int(health.get("StartInterval") or 0),
+            int(health.get("Retries") or 0),
+        )
+        if isinstance(health, dict)
+        else None,
+        onbuild=strings("OnBuild"),
+    )
 
 
 def _command(config: ImageConfig, command: tuple[str, ...], shell_form: bool) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ import lzma
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -61,33 +61,90 @@ class HashingWriter:
         return "sha256:" + self.hash.hexdigest()
 
 
-def write_dir_layer(root: Path, out: BinaryIO) -> LayerInfo:
-    """Write everything below ``root`` (not ``root`` itself) to ``out`` as a layer tar."""
+# Whether a directory of an upper dir only mirrors the lower one (copied up, then left as it was).
+Unchanged = Callable[[str, os.stat_result], bool]
+
+
+def write_dir_layer(
+    root: Path, out: BinaryIO, *, overlay: bool = False, unchanged: Unchanged | None = None
+) -> LayerInfo:
+    """Write everything below ``root`` (not ``root`` itself) to ``out`` as a layer tar.
+
+    With ``overlay``, ``root`` is an overlayfs upper dir: a 0/0 character device becomes a
+    ``.wh.<name>`` whiteout and an opaque directory gets a ``.wh..wh..opq`` marker, each
+    written before the other entries of its directory; an empty directory that ``unchanged``
+    says matches the lower one is left out.
+    """
     writer = HashingWriter(out)
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        for relative, path in _walk(root):
-            _add_entry(tar, path, relative, links)
+        for relative, path in _walk(root, "", overlay):
+            if unchanged is not None and _mirrors_lower(path, relative, unchanged):
+                continue
+            if overlay and relative.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
+                _add_whiteout(tar, relative)
+            else:
+                _add_entry(tar, path, relative, links)
     return LayerInfo(writer.digest, writer.size)
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path]]:
-    """(relative name, path) below ``root``: sorted byte-wise, parents before children."""
-    stack = [("", root)]
-    while stack:
-        relative, directory = stack.pop()
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def _walk(directory: Path, relative: str, overlay: bool) -> Iterator[tuple[str, Path]]:
+    """(relative name, path) below ``directory``, depth first, sorted byte-wise; with
+    ``overlay``, whiteouts (renamed ``.wh.*``) come first in each directory."""
+    try:
+        names = sorted(os.listdir(directory), key=os.fsencode)
+    except OSError as err:
+        raise LayerError(f"cannot read {directory}: {err.strerror}") from None
+    prefix = f"{relative}/" if relative else ""
+    if overlay:
+        if relative and _is_opaque(directory):
+            yield prefix + OPAQUE_MARKER, directory
+        whiteouts = [n for n in names if _is_whiteout(directory / n)]
+        for name in whiteouts:
+            yield prefix + WHITEOUT_PREFIX + name, directory / name
+        names = [n for n in names if n not in set(whiteouts)]
+    for name in names:
+        child = directory / name
+        yield prefix + name, child
+        if child.is_dir() and not child.is_symlink():
+            yield from _walk(child, prefix + name, overlay)
+
+
+def _mirrors_lower(path: Path, relative: str, unchanged: Unchanged) -> bool:
+    st = os.lstat(path)
+    return (
+        stat.S_ISDIR(st.st_mode)
+        and not os.listdir(path)
+        and not _is_opaque(path)
+        and unchanged(relative, st)
+    )
+
+
+def _is_whiteout(path: Path) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: Path) -> bool:
+    for name in OPAQUE_XATTRS:
         try:
-            names = sorted(os.listdir(directory), key=os.fsencode)
-        except OSError as err:
-            raise LayerError(f"cannot read {directory}: {err.strerror}") from None
-        children = []
-        for name in names:
-            child_relative = f"{relative}/{name}" if relative else name
-            child = directory / name
-            yield child_relative, child
-            if child.is_dir() and not child.is_symlink():
-                children.append((child_relative, child))
-        stack.extend(reversed(children))
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _add_whiteout(tar: tarfile.TarFile, name: str) -> None:
+    """An empty file with fixed metadata, so equal deletions give equal layers."""
+    info = tarfile.TarInfo(name)
+    info.mode, info.mtime, info.uname, info.gname = 0o644, 0, "", ""
+    tar.addfile(info)
 
 
 def _add_entry(

@@ -1,0 +1,1 @@
+"""The native build engine: snapshots, overlay mounts, an OCI runtime, and the executor."""

@@ -1,0 +1,557 @@
+"""Executing a build plan natively: each step on an overlay of its parent layers.
+
+A stage's state is its layers (diff_ids, each an unpacked snapshot), its image config and
+its history. A step that may change files runs on an overlay mount whose upper dir starts
+empty; afterwards the upper dir *is* the step's diff: it becomes a layer tar (overlay
+whiteouts turned into OCI ones) and, renamed, the snapshot of that layer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import stat
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kiln.context import IgnoreRules, context_paths, load_ignore, match_glob
+from kiln.dockerfile import BuildOptions, Platform, load_dockerfile, plan_build
+from kiln.dockerfile.config import (
+    ImageConfig,
+    apply_instruction,
+    from_oci,
+    to_oci,
+)
+from kiln.dockerfile.instructions import Add, Copy, InlineFile, Instruction, Run, Workdir
+from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
+from kiln.engine.overlay import overlay
+from kiln.engine.runtime import ProcessSpec, resolve_user, run
+from kiln.engine.snapshots import Snapshots
+from kiln.errors import DockerfileError, KilnError
+from kiln.oci.layer import write_dir_layer
+from kiln.oci.objects import CONFIG, LAYER, Descriptor, canonical_json, image_manifest
+from kiln.reference import Reference
+from kiln.store import Store, StoredImage
+
+Output = Callable[[str], None]
+_TAIL_LINES = 10
+
+
+class BuildError(DockerfileError):
+    """A step that failed: names the Dockerfile line, the command and why."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One ``kiln build``: the context, the Dockerfile and docker build's options."""
+
+    context: Path
+    dockerfile: Path | None = None
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    network: str = "host"
+
+
+@dataclass
+class _State:
+    """Where a stage has got to."""
+
+    layers: list[Descriptor]
+    config: ImageConfig
+    history: list[dict[str, object]]
+    platform: Platform
+    cmd_set: bool = False
+
+    def copy(self) -> _State:
+        return _State(list(self.layers), self.config, list(self.history), self.platform)
+
+
+class Builder:
+    """Builds images into a store; ``output`` receives progress lines."""
+
+    def __init__(self, store: Store, output: Output = lambda line: None) -> None:
+        self.store = store
+        self.snapshots = Snapshots(store)
+        self.output = output
+
+    def build(self, request: BuildRequest) -> StoredImage:
+        dockerfile_path = request.dockerfile or request.context / "Dockerfile"
+        document = load_dockerfile(dockerfile_path, display_name=str(dockerfile_path))
+        plan = plan_build(
+            document,
+            BuildOptions(build_args=dict(request.build_args), target=request.target),
+            self._resolve_base,
+        )
+        for warning in plan.warnings:
+            self.output(f"warning: {warning}")
+        ignore = load_ignore(request.context, dockerfile_path)
+        with self.store.writing(), _workspace(self.store.root) as work:
+            run = _Run(self, plan, request, ignore, work, str(dockerfile_path))
+            state = run.execute()
+            return self._commit(state, request)
+
+    def _resolve_base(self, name: str, platform: Platform) -> BaseImageConfig | None:
+        try:
+            image = self.store.image(name)
+        except KilnError:
+            return None
+        config = from_oci(image.config.get("config") or {})
+        return BaseImageConfig(config.env, config.working_dir, config.user, config.onbuild)
+
+    def _commit(self, state: _State, request: BuildRequest) -> StoredImage:
+        config = state.config
+        if request.labels:
+            config = replace(config, labels={**config.labels, **request.labels})
+        created = _now()
+        image_config = {
+            "architecture": state.platform.architecture,
+            "os": state.platform.os,
+            **({"variant": state.platform.variant} if state.platform.variant else {}),
+            "created": created,
+            **({"author": config.author} if config.author else {}),
+            "config": to_oci(config),
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in state.layers]},
+            "history": state.history,
+        }
+        config_bytes = canonical_json(image_config)
+        digest = self.store.put_blob(config_bytes)
+        manifest = image_manifest(Descriptor(CONFIG, digest, len(config_bytes)), state.layers)
+        return self.store.add_image(manifest, [Reference.parse(t) for t in request.tags])
+
+
+@contextmanager
+def _workspace(root: Path) -> Iterator[Path]:
+    """Scratch space of one build, on the store's filesystem (overlay needs that)."""
+    (root / "work").mkdir(exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="build-", dir=root / "work"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class _Run:
+    """One execution of a plan."""
+
+    def __init__(
+        self,
+        builder: Builder,
+        plan: BuildPlan,
+        request: BuildRequest,
+        ignore: IgnoreRules | None,
+        work: Path,
+        dockerfile: str,
+    ) -> None:
+        self.visible = context_paths(request.context, ignore.matcher if ignore else None)
+        self.builder = builder
+        self.store = builder.store
+        self.snapshots = builder.snapshots
+        self.plan = plan
+        self.request = request
+        self.ignore = ignore
+        self.work = work
+        self.dockerfile = dockerfile
+        self.states: dict[int, _State] = {}
+        self.total = sum(len(s.steps) for s in plan.stages)
+        self.done = 0
+
+    def execute(self) -> _State:
+        for stage in self.plan.stages:
+            self.states[stage.stage.index] = self.stage(stage)
+        return self.states[self.plan.target]
+
+    # -- stages
+
+    def stage(self, stage: StagePlan) -> _State:
+        state = self.base(stage)
+        label = stage.name or f"stage-{stage.stage.index}"
+        for step in stage.steps:
+            self.done += 1
+            self.builder.output(
+                f"#{self.done} [{label} {self.done}/{self.total}] {step.instruction.source}"
+            )
+            self.step(state, step)
+        state.config = replace(state.config, env=tuple(f"{k}={v}" for k, v in stage.env))
+        return state
+
+    def base(self, stage: StagePlan) -> _State:
+        if stage.base_stage is not None:
+            parent = self.states[stage.base_stage].copy()
+            parent.config = replace(parent.config, onbuild=())
+            return parent
+        if stage.base.lower() == "scratch":
+            return _State([], ImageConfig(working_dir="/"), [], stage.platform)
+        try:
+            image = self.store.image(stage.base)
+        except KilnError:
+            raise self.error(
+                stage.stage.from_,
+                f"base image {stage.base!r} is not in kiln's store",
+                "make it with kiln import, or load it with kiln load",
+            ) from None
+        config = from_oci(image.config.get("config") or {})
+        platform = Platform(
+            image.config.get("os", "linux"),
+            image.config.get("architecture", stage.platform.architecture),
+            image.config.get("variant", ""),
+        )
+        return _State(
+            image.layers, replace(config, onbuild=()), list(image.config.get("history") or []),
+            platform,
+        )  # fmt: skip
+
+    # -- steps
+
+    def step(self, state: _State, step: Step) -> None:
+        instruction = step.instruction
+        if isinstance(instruction, Run):
+            self.layer_step(state, step, self.run_step)
+        elif isinstance(instruction, Copy | Add):
+            self.layer_step(state, step, self.copy_step)
+        elif isinstance(instruction, Workdir):
+            self.layer_step(state, step, self.workdir_step)
+            state.config, state.cmd_set = apply_instruction(
+                state.config, instruction, state.cmd_set
+            )
+        else:
+            state.config, state.cmd_set = apply_instruction(
+                state.config, instruction, state.cmd_set
+            )
+            state.history.append(
+                {"created": _now(), "created_by": _created_by(instruction), "empty_layer": True}
+            )
+
+    def layer_step(
+        self, state: _State, step: Step, action: Callable[[_State, Step, Path], None]
+    ) -> None:
+        """Run ``action`` on an overlay of ``state``'s layers; commit what it changed."""
+        upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.snapshots.root))
+        try:
+            work = Path(tempfile.mkdtemp(prefix="ovl-", dir=self.snapshots.root))
+            merged = self.work / f"merged-{uuid.uuid4().hex[:8]}"
+            merged.mkdir()
+            lowers = [self.snapshots.get(layer.digest) for layer in state.layers]
+            with overlay(lowers, upper, work, merged):
+                action(state, step, merged)
+            shutil.rmtree(work, ignore_errors=True)
+            entry: dict[str, object] = {
+                "created": _now(),
+                "created_by": _created_by(step.instruction),
+            }
+            if not any(upper.iterdir()):
+                state.history.append({**entry, "empty_layer": True})
+                return
+            unchanged = _same_as_lower(lowers)
+            digest, size = self.store.put_blob_stream(
+                lambda out: write_dir_layer(upper, out, overlay=True, unchanged=unchanged)  # type: ignore[arg-type]
+            )
+            self.snapshots.adopt(upper, digest)
+            state.layers.append(Descriptor(LAYER, digest, size))
+            state.history.append(entry)
+        finally:
+            if upper.exists():
+                shutil.rmtree(upper, ignore_errors=True)
+
+    def run_step(self, state: _State, step: Step, rootfs: Path) -> None:
+        instruction = step.instruction
+        assert isinstance(instruction, Run)
+        args = _run_args(instruction, state.config)
+        env = [f"{k}={v}" for k, v in step.env] + [f"{k}={v}" for k, v in self.plan.proxy_env]
+        cwd = rootfs / step.workdir.lstrip("/")
+        cwd.mkdir(parents=True, exist_ok=True)
+        tail: list[str] = []
+
+        def output(line: bytes) -> None:
+            text = line.decode(errors="replace").rstrip("\n")
+            tail.append(text)
+            del tail[:-_TAIL_LINES]
+            self.builder.output(f"#{self.done} {text}")
+
+        network = instruction.network if instruction.network != "default" else self.request.network
+        spec = ProcessSpec(args, env, step.workdir, state.config.user, network)
+        status = run(rootfs, spec, self.work / f"bundle-{uuid.uuid4().hex[:8]}", output)
+        if status != 0:
+            last = " | ".join(tail[-3:])
+            raise self.error(
+                instruction,
+                f"RUN {' '.join(args[2:] if instruction.shell_form else args)!s} "
+                f"failed with exit code {status}" + (f": {last}" if last else ""),
+            )
+
+    def workdir_step(self, state: _State, step: Step, rootfs: Path) -> None:
+        instruction = step.instruction
+        assert isinstance(instruction, Workdir)
+        path = join_workdir(step.workdir, instruction.path)
+        target = rootfs / path.lstrip("/")
+        if not target.exists():
+            user = resolve_user(rootfs, state.config.user) if state.config.user else None
+            _makedirs(rootfs, path, (user.uid, user.gid) if user else (0, 0))
+
+    def copy_step(self, state: _State, step: Step, rootfs: Path) -> None:
+        instruction = step.instruction
+        assert isinstance(instruction, Copy | Add)
+        owner = self.owner(instruction, rootfs)
+        mode = int(instruction.chmod, 8) if instruction.chmod else None
+        dest = instruction.dest
+        if not dest.startswith("/"):
+            dest = join_workdir(step.workdir, dest) + ("/" if dest.endswith("/") else "")
+        with ExitStack() as stack:
+            source_root = self.request.context
+            visible: set[str] | None = self.visible
+            if isinstance(instruction, Copy) and instruction.from_:
+                source_root = stack.enter_context(self.source_mount(instruction))
+                visible = None
+            sources = self.select(instruction, source_root, visible)
+            many = len(sources) + len(instruction.inline) > 1 or any(
+                set("*?[") & set(s) for s in instruction.sources
+            )
+            if many and not dest.endswith("/"):
+                raise self.error(
+                    instruction,
+                    "When using COPY with more than one source file, the destination must be "
+                    "a directory and end with a /",
+                )
+            for relative in sources:
+                _copy_tree(source_root, relative, rootfs, dest, owner, mode, visible)
+            for inline in instruction.inline:
+                target = dest + inline.name if dest.endswith("/") else dest
+                _write_inline(rootfs, target, inline, owner, mode)
+
+    def owner(self, instruction: Copy | Add, rootfs: Path) -> tuple[int, int]:
+        if not instruction.chown:
+            return (0, 0)
+        try:
+            user = resolve_user(rootfs, instruction.chown)
+        except KilnError as err:
+            raise self.error(instruction, str(err)) from None
+        return user.uid, user.gid
+
+    @contextmanager
+    def source_mount(self, instruction: Copy) -> Iterator[Path]:
+        """The filesystem of the stage or image a ``COPY --from`` reads, mounted read-only."""
+        found = self.plan.dockerfile.stage(instruction.from_)
+        if found is not None and found.index in self.states:
+            layers = self.states[found.index].layers
+        else:
+            try:
+                layers = self.store.image(instruction.from_).layers
+            except KilnError:
+                raise self.error(
+                    instruction, f"COPY --from: image {instruction.from_!r} is not in kiln's store"
+                ) from None
+        target = self.work / f"from-{uuid.uuid4().hex[:8]}"
+        target.mkdir()
+        lowers = [self.snapshots.get(layer.digest) for layer in layers]
+        upper = self.work / f"from-upper-{uuid.uuid4().hex[:8]}"
+        work = self.work / f"from-work-{uuid.uuid4().hex[:8]}"
+        upper.mkdir()
+        work.mkdir()
+        with overlay(lowers, upper, work, target):
+            yield target
+
+    def select(self, instruction: Copy | Add, root: Path, visible: set[str] | None) -> list[str]:
+        """The source paths (relative to ``root``) a COPY or ADD names, after .dockerignore."""
+        selected: list[str] = []
+        for source in instruction.sources:
+            if source.startswith(("http://", "https://", "git@")):
+                raise self.error(instruction, "ADD from a URL needs the network backends (issue 4)")
+            relative = os.path.normpath("/" + source).lstrip("/")
+            if set("*?[") & set(relative):
+                matches = sorted(
+                    m for m in _glob(root, relative) if visible is None or m in visible
+                )
+                if not matches:
+                    raise self.error(instruction, f"no source files were specified by {source!r}")
+                selected.extend(matches)
+                continue
+            path = root / relative if relative else root
+            hidden = visible is not None and bool(relative) and relative not in visible
+            if not os.path.lexists(path) or hidden:
+                raise self.error(
+                    instruction,
+                    f'failed to compute cache key: "/{relative}": not found',
+                    "check the path, and that .dockerignore does not exclude it",
+                )
+            selected.append(relative)
+        return selected
+
+    def error(self, instruction: Instruction, message: str, hint: str | None = None) -> BuildError:
+        location = instruction.location
+        return BuildError(
+            message,
+            line=location.start_line,
+            end_line=location.end_line,
+            file=self.dockerfile,
+            hint=hint,
+        )
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _run_args(instruction: Run, config: ImageConfig) -> list[str]:
+    shell = list(config.shell or ("/bin/sh", "-c"))
+    if not instruction.shell_form:
+        return list(instruction.command)
+    command = instruction.command[0] if instruction.command else ""
+    docs = instruction.heredocs
+    if (
+        len(docs) == 1
+        and command.strip().startswith("<<")
+        and command.split() == [command.split()[0]]
+    ):
+        return [*shell, docs[0].content]  # the heredoc is the script
+    for doc in docs:
+        command += "\n" + doc.data + doc.name
+    return [*shell, command]
+
+
+def _created_by(instruction: Instruction) -> str:
+    source = " ".join(instruction.source.split())
+    if isinstance(instruction, Run | Copy | Add):
+        return f"{source} # buildkit"
+    return source
+
+
+def _same_as_lower(lowers: list[Path]) -> Callable[[str, os.stat_result], bool]:
+    """Whether a directory of the upper dir has the metadata of its lower original."""
+
+    def unchanged(relative: str, st: os.stat_result) -> bool:
+        for lower in reversed(lowers):
+            try:
+                below = os.lstat(lower / relative)
+            except FileNotFoundError:
+                continue
+            same_owner = (below.st_uid, below.st_gid) == (st.st_uid, st.st_gid)
+            return (
+                below.st_mode == st.st_mode
+                and same_owner
+                and int(below.st_mtime) == int(st.st_mtime)
+            )
+        return False
+
+    return unchanged
+
+
+def _makedirs(rootfs: Path, path: str, owner: tuple[int, int]) -> None:
+    current = rootfs
+    for part in [p for p in path.split("/") if p]:
+        current = current / part
+        if not os.path.lexists(current):
+            current.mkdir(mode=0o755)
+            os.chown(current, *owner)
+
+
+def _glob(root: Path, pattern: str) -> Iterator[str]:
+    parts = pattern.split("/")
+    fixed = next(i for i, part in enumerate(parts) if set("*?[") & set(part))
+    start = root.joinpath(*parts[:fixed])
+    depth = len(parts)
+    for directory, dirs, files in os.walk(start):
+        relative_dir = Path(directory).relative_to(root).as_posix()
+        level = 0 if relative_dir == "." else relative_dir.count("/") + 1
+        for name in (*dirs, *files):
+            path = name if relative_dir == "." else f"{relative_dir}/{name}"
+            if level + 1 == depth and match_glob(pattern, path):
+                yield path
+        if level + 1 >= depth:
+            dirs.clear()
+
+
+def _copy_tree(
+    root: Path,
+    relative: str,
+    rootfs: Path,
+    dest: str,
+    owner: tuple[int, int],
+    mode: int | None,
+    visible: set[str] | None,
+) -> None:
+    """Docker's COPY rules: a directory's contents go into dest; a file goes to dest, or
+    into it when dest ends with / or is a directory."""
+    source = root / relative if relative else root
+    st = os.lstat(source)
+    if stat.S_ISDIR(st.st_mode):
+        target = dest.rstrip("/") or "/"
+        _makedirs(rootfs, target, owner)
+        _copy_contents(source, relative, rootfs / target.lstrip("/"), owner, mode, visible)
+        return
+    into_dir = dest.endswith("/") or (rootfs / dest.lstrip("/")).is_dir()
+    target = f"{dest.rstrip('/')}/{source.name}" if into_dir else dest
+    _makedirs(rootfs, os.path.dirname(target.rstrip("/")), owner)
+    _copy_entry(source, rootfs / target.lstrip("/"), owner, mode)
+
+
+def _copy_contents(
+    directory: Path,
+    relative: str,
+    target: Path,
+    owner: tuple[int, int],
+    mode: int | None,
+    visible: set[str] | None,
+) -> None:
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        child_relative = f"{relative}/{entry.name}" if relative else entry.name
+        if visible is not None and child_relative not in visible:
+            continue
+        destination = target / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            if not destination.is_dir():
+                _remove(destination)
+                destination.mkdir()
+            _copy_contents(Path(entry.path), child_relative, destination, owner, mode, visible)
+            _apply(Path(entry.path), destination, owner, mode)
+        else:
+            _copy_entry(Path(entry.path), destination, owner, mode)
+
+
+def _copy_entry(source: Path, target: Path, owner: tuple[int, int], mode: int | None) -> None:
+    if target.is_dir() and not target.is_symlink() and not source.is_dir():
+        shutil.rmtree(target)
+    else:
+        _remove(target)
+    st = os.lstat(source)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(source), target)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copyfile(source, target, follow_symlinks=False)
+    elif stat.S_ISDIR(st.st_mode):
+        target.mkdir()
+    else:
+        return  # devices, fifos and sockets are not copied from a context
+    _apply(source, target, owner, mode)
+
+
+def _apply(source: Path, target: Path, owner: tuple[int, int], mode: int | None) -> None:
+    st = os.lstat(source)
+    os.chown(target, *owner, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(target, mode if mode is not None else stat.S_IMODE(st.st_mode))
+    os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file() or (path.exists() and not path.is_dir()):
+        path.unlink()
+
+
+def _write_inline(
+    rootfs: Path, target: str, inline: InlineFile, owner: tuple[int, int], mode: int | None
+) -> None:
+    _makedirs(rootfs, os.path.dirname(target), owner)
+    path = rootfs / target.lstrip("/")
+    _remove(path)
+    path.write_text(inline.content)
+    os.chown(path, *owner)
+    os.chmod(path, mode if mode is not None else 0o644)

@@ -1,0 +1,250 @@
+"""Running a process in a root filesystem through an OCI runtime (runc).
+
+Each RUN gets a bundle: a ``config.json`` with mount, PID, IPC and UTS namespaces, /proc,
+/sys, /dev, /dev/shm, the image's environment plus the step's build args, the user and groups
+resolved from the image's own /etc/passwd and /etc/group, and /etc/hosts and
+/etc/resolv.conf bound read-only from the bundle. Mount points that had to be created for
+the run are removed afterwards, so none of this lands in the layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import KilnError
+
+RUNC = "runc"
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]  # fmt: skip
+_MOUNT_POINTS = ("proc", "sys", "dev", "etc/hosts", "etc/resolv.conf")
+
+
+class ContainerError(KilnError):
+    """The runtime could not be started, or the user cannot be resolved."""
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What to run, as whom, where, with which environment."""
+
+    args: Sequence[str]
+    env: Sequence[str]
+    cwd: str = "/"
+    user: str = ""
+    network: str = "host"  # "host" or "none"
+    hostname: str = "kiln"
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+
+
+def resolve_user(rootfs: Path, spec: str) -> User:
+    """``user``, ``uid``, ``user:group``... looked up in the image's /etc/passwd and group."""
+    name, _, group = (spec or "0").partition(":")
+    passwd = _table(rootfs / "etc" / "passwd")
+    groups = _table(rootfs / "etc" / "group")
+    entry = next((e for e in passwd if name in (e[0], e[2] if len(e) > 2 else None)), None)
+    if name.isdecimal():
+        uid = int(name)
+        gid = int(entry[3]) if entry and len(entry) > 3 and entry[3].isdecimal() else 0
+    elif entry is not None and len(entry) > 3:
+        uid, gid = int(entry[2]), int(entry[3])
+    else:
+        raise ContainerError(f"unable to find user {name}: no matching entries in passwd file")
+    if group:
+        if group.isdecimal():
+            gid = int(group)
+        else:
+            found = next((g for g in groups if g[0] == group and len(g) > 2), None)
+            if found is None:
+                raise ContainerError(
+                    f"unable to find group {group}: no matching entries in group file"
+                )
+            gid = int(found[2])
+    user_name = entry[0] if entry else ""
+    extra = tuple(
+        int(g[2])
+        for g in groups
+        if len(g) > 3 and user_name and user_name in g[3].split(",") and g[2].isdecimal()
+    )
+    return User(uid, gid, tuple(sorted(set(extra) - {gid})))
+
+
+def _table(path: Path) -> list[list[str]]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line.split(":") for line in lines if line and not line.startswith("#")]
+
+
+def runtime_available() -> bool:
+    return shutil.which(RUNC) is not None
+
+
+def run(
+    rootfs: Path,
+    spec: ProcessSpec,
+    bundle: Path,
+    output: Callable[[bytes], None],
+) -> int:
+    """Run ``spec`` in ``rootfs`` (a mounted overlay); returns its exit status."""
+    if not runtime_available():
+        raise ContainerError("runc is not installed: install it (apt-get install runc)")
+    bundle.mkdir(parents=True, exist_ok=True)
+    created = [p for p in _MOUNT_POINTS if not os.path.lexists(rootfs / p)]
+    parents = {
+        parent: os.lstat(rootfs / parent).st_mtime_ns
+        for parent in {os.path.dirname(p) for p in created} - {""}
+        if os.path.isdir(rootfs / parent)
+    }
+    (bundle / "hosts").write_text(
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n"
+    )
+    shutil.copyfile("/etc/resolv.conf", bundle / "resolv.conf")
+    user = resolve_user(rootfs, spec.user)
+    config = _config(rootfs, bundle, spec, user)
+    (bundle / "config.json").write_text(json.dumps(config))
+    container = f"kiln-{uuid.uuid4().hex[:12]}"
+    try:
+        process = subprocess.Popen(
+            [RUNC, "--root", str(bundle / "state"), "run", "--bundle", str(bundle), container],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        for line in iter(process.stdout.readline, b""):
+            output(line)
+        status = process.wait()
+    finally:
+        subprocess.run(
+            [RUNC, "--root", str(bundle / "state"), "delete", "--force", container],
+            capture_output=True,
+        )
+        _remove_mount_stubs(rootfs, created)
+        for parent, mtime in parents.items():  # as if no stub had ever been made
+            with contextlib.suppress(OSError):
+                os.utime(rootfs / parent, ns=(mtime, mtime), follow_symlinks=False)
+    return status
+
+
+def _remove_mount_stubs(rootfs: Path, created: list[str]) -> None:
+    """Mount points runc had to create: gone again, if they are still empty stubs."""
+    for relative in sorted(created, key=len, reverse=True):
+        path = rootfs / relative
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            elif path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+        except OSError:
+            continue
+    etc = rootfs / "etc"
+    if "etc/hosts" in created and "etc/resolv.conf" in created:
+        with contextlib.suppress(OSError):
+            etc.rmdir()  # created only to hold the two mount points
+
+
+def _config(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[str, object]:
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if spec.network == "none":
+        namespaces.append({"type": "network"})
+    return {
+        "ociVersion": "1.0.2",
+        "hostname": spec.hostname,
+        "root": {"path": str(rootfs), "readonly": False},
+        "process": {
+            "terminal": False,
+            "user": {
+                "uid": user.uid,
+                "gid": user.gid,
+                **({"additionalGids": list(user.additional_gids)} if user.additional_gids else {}),
+            },
+            "cwd": spec.cwd or "/",
+            "args": list(spec.args),
+            "env": list(spec.env),
+            "noNewPrivileges": False,
+            "capabilities": {k: CAPABILITIES for k in ("bounding", "effective", "permitted")},
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
+            {
+                "destination": "/etc/hosts",
+                "type": "bind",
+                "source": str(bundle / "hosts"),
+                "options": ["rbind", "ro"],
+            },
+            {
+                "destination": "/etc/resolv.conf",
+                "type": "bind",
+                "source": str(bundle / "resolv.conf"),
+                "options": ["rbind", "ro"],
+            },
+        ],
+        "linux": {
+            "namespaces": namespaces,
+            "maskedPaths": [
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+            ],
+            "readonlyPaths": [
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ],
+        },
+    }

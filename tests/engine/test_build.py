@@ -1,0 +1,140 @@
+"""kiln build on a real busybox base image: RUN through runc, COPY, layers, kiln run.
+
+Images are checked with umoci (whiteouts and opaque directories applied by a tool nobody
+here wrote) and, where a Docker engine is available, with docker load and docker run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kiln.cli.main import cli
+from tests.engines import DockerEngine
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("runc") is None or os.geteuid() != 0,
+    reason="building needs root and runc (.ci/run installs it)",
+)
+
+
+@pytest.fixture
+def kiln_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> Path:
+    root = tmp_path / "kiln-root"
+    monkeypatch.setenv("KILN_ROOT", str(root))
+    invoke("import", str(busybox_rootfs), "busybox:base")
+    return root
+
+
+def invoke(*args: str) -> Result:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.stderr or result.output
+    return result
+
+
+def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    root = tmp_path / "context"
+    root.mkdir(exist_ok=True)
+    (root / "Dockerfile").write_text(dockerfile)
+    for name, content in (files or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
+    return root
+
+
+def unpack(kiln_root: Path, tag: str, tmp_path: Path) -> Path:
+    bundle = tmp_path / f"bundle-{tag}"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{kiln_root}:{tag}", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    return bundle / "rootfs"
+
+
+def layer_names(kiln_root: Path, tag: str) -> list[list[str]]:
+    image = json.loads(invoke("inspect", f"app:{tag}").stdout)[0]
+    manifest = json.loads((kiln_root / "blobs" / "sha256" / image["Manifest"][7:]).read_text())
+    names = []
+    for layer in manifest["layers"][1:]:
+        with tarfile.open(kiln_root / "blobs" / "sha256" / layer["digest"][7:]) as tar:
+            names.append(tar.getnames())
+    return names
+
+
+def test_run_copy_and_metadata(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        'FROM busybox:base\nARG WHO=world\nENV GREETING="hello $WHO"\nWORKDIR /app\n'
+        'COPY src/ ./src/\nRUN echo "$GREETING from $(id -u)" > greeting.txt\n'
+        'CMD ["cat", "/app/greeting.txt"]\n',
+        {"src/main.py": "print('hi')\n", "src/.env": "SECRET=1\n", ".dockerignore": "**/.env\n"},
+    )
+    invoke("build", "-t", "app:1", "--build-arg", "WHO=kiln", str(ctx))
+    rootfs = unpack(kiln_root, "1", tmp_path)
+    assert (rootfs / "app" / "greeting.txt").read_text() == "hello kiln from 0\n"
+    assert (rootfs / "app" / "src" / "main.py").read_text() == "print('hi')\n"
+    assert not (rootfs / "app" / "src" / ".env").exists()
+    config = json.loads(invoke("inspect", "app:1").stdout)[0]["Config"]
+    assert config["WorkingDir"] == "/app"
+    assert "GREETING=hello kiln" in config["Env"]
+    assert invoke("run", "--rm", "app:1").stdout == "hello kiln from 0\n"
+
+
+def test_deletions_become_whiteouts_and_replaced_dirs_opaque(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\nRUN mkdir -p /data && echo old > /data/old && echo keep > /keep\n"
+        "RUN rm /bin/vi /keep && rm -rf /data && mkdir /data && echo new > /data/new\n",
+    )
+    invoke("build", "-t", "app:2", str(ctx))
+    first, second = layer_names(kiln_root, "2")
+    assert "data/old" in first
+    assert {"bin/.wh.vi", ".wh.keep", "data/.wh..wh..opq", "data/new"} <= set(second)
+    assert not any(name.startswith("etc") for name in first + second)  # no mount stubs
+    rootfs = unpack(kiln_root, "2", tmp_path)
+    assert sorted(os.listdir(rootfs / "data")) == ["new"]
+    assert not (rootfs / "bin" / "vi").exists() and not (rootfs / "keep").exists()
+
+
+def test_a_failing_run_names_the_line_and_tags_nothing(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:base\nRUN echo before\nRUN echo oops && exit 3\n")
+    result = CliRunner().invoke(cli, ["build", "-t", "app:broken", str(ctx)])
+    assert result.exit_code == 1
+    assert f"{ctx}/Dockerfile:3: RUN echo oops && exit 3 failed with exit code 3: oops" in (
+        result.stderr
+    )
+    assert "app:broken" not in invoke("images").stdout
+
+
+def test_a_missing_base_image_is_a_clear_error(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM nowhere:1\nRUN true\n")
+    result = CliRunner().invoke(cli, ["build", str(ctx)])
+    assert result.exit_code == 1
+    assert "Dockerfile:1: base image 'nowhere:1' is not in kiln's store" in result.stderr
+
+
+@pytest.mark.slow
+def test_built_image_runs_in_docker(
+    kiln_root: Path, tmp_path: Path, docker_engine: DockerEngine
+) -> None:
+    ctx = context(
+        tmp_path,
+        'FROM busybox:base\nRUN echo built by kiln > /msg\nCMD ["cat", "/msg"]\n',
+    )
+    invoke("build", "-t", "kiln-built:1", str(ctx))
+    archive = tmp_path / "built.tar"
+    invoke("save", "-o", str(archive), "kiln-built:1")
+    docker_engine.run("load", "-i", str(archive))
+    assert docker_engine.run("run", "--rm", "--network", "none", "kiln-built:1") == (
+        "built by kiln\n"
+    )
