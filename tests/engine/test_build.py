@@ -138,3 +138,28 @@ def test_built_image_runs_in_docker(
     assert docker_engine.run("run", "--rm", "--network", "none", "kiln-built:1") == (
         "built by kiln\n"
     )
+
+
+def test_rebuilds_use_the_cache_exactly(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\nCOPY a.txt b.txt /src/\nRUN cat /src/*.txt > /all.txt\n"
+        "COPY c.txt /c.txt\n",
+        {"a.txt": "a\n", "b.txt": "b\n", "c.txt": "c\n"},
+    )
+
+    def build(*extra: str) -> str:
+        return CliRunner().invoke(cli, ["build", "-t", "app:cache", *extra, str(ctx)]).stderr
+
+    assert "CACHED" not in build()
+    assert build().count("CACHED") == 3
+    (ctx / "c.txt").write_text("C\n")  # only the last COPY reads it
+    assert build().count("CACHED") == 2
+    os.utime(ctx / "a.txt", (0, 0))  # a new mtime is not new content
+    assert build().count("CACHED") == 3
+    (ctx / "b.txt").write_text("B\n")
+    assert build().count("CACHED") == 0  # the first COPY and everything after it
+    assert (unpack(kiln_root, "cache", tmp_path) / "all.txt").read_text() == "a\nB\n"
+    assert "CACHED" not in build("--no-cache")
+    invoke("prune")
+    assert "CACHED" not in build()

@@ -277,6 +277,7 @@ def load_command(source: Path) -> None:
 @click.option("--target", default="", help="Build this stage (and what it needs).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Add a label.")
 @click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
+@click.option("--no-cache", is_flag=True, help="Build every step afresh.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -287,6 +288,7 @@ def build_command(
     target: str,
     labels: tuple[str, ...],
     network: str,
+    no_cache: bool,
     quiet: bool,
     iidfile: Path | None,
     context: Path,
@@ -302,6 +304,7 @@ def build_command(
         target=target,
         labels=dict(label.partition("=")[::2] for label in labels),
         network=network,
+        no_cache=no_cache,
     )
     output = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
     image = Builder(_store(), output).build(request)

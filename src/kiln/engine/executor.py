@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kiln.context import IgnoreRules, context_paths, load_ignore, match_glob
+from kiln.context import DigestCache, IgnoreRules, load_ignore, match_glob, scan_context
 from kiln.dockerfile import BuildOptions, Platform, load_dockerfile, plan_build
 from kiln.dockerfile.config import (
     ImageConfig,
@@ -34,7 +34,14 @@ from kiln.engine.runtime import ProcessSpec, resolve_user, run
 from kiln.engine.snapshots import Snapshots
 from kiln.errors import DockerfileError, KilnError
 from kiln.oci.layer import write_dir_layer
-from kiln.oci.objects import CONFIG, LAYER, Descriptor, canonical_json, image_manifest
+from kiln.oci.objects import (
+    CONFIG,
+    LAYER,
+    Descriptor,
+    canonical_json,
+    image_manifest,
+    sha256_digest,
+)
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
 
@@ -57,6 +64,7 @@ class BuildRequest:
     target: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     network: str = "host"
+    no_cache: bool = False
 
 
 @dataclass
@@ -67,10 +75,11 @@ class _State:
     config: ImageConfig
     history: list[dict[str, object]]
     platform: Platform
+    key: str  # the cache key of the filesystem so far
     cmd_set: bool = False
 
     def copy(self) -> _State:
-        return _State(list(self.layers), self.config, list(self.history), self.platform)
+        return _State(list(self.layers), self.config, list(self.history), self.platform, self.key)
 
 
 class Builder:
@@ -149,7 +158,12 @@ class _Run:
         work: Path,
         dockerfile: str,
     ) -> None:
-        self.visible = context_paths(request.context, ignore.matcher if ignore else None)
+        self.context = scan_context(
+            request.context,
+            ignore.matcher if ignore else None,
+            DigestCache(builder.store.root / "cache" / "context.db"),
+        )
+        self.visible = {entry.path for entry in self.context}
         self.builder = builder
         self.store = builder.store
         self.snapshots = builder.snapshots
@@ -187,7 +201,7 @@ class _Run:
             parent.config = replace(parent.config, onbuild=())
             return parent
         if stage.base.lower() == "scratch":
-            return _State([], ImageConfig(working_dir="/"), [], stage.platform)
+            return _State([], ImageConfig(working_dir="/"), [], stage.platform, "scratch")
         try:
             image = self.store.image(stage.base)
         except KilnError:
@@ -204,7 +218,7 @@ class _Run:
         )
         return _State(
             image.layers, replace(config, onbuild=()), list(image.config.get("history") or []),
-            platform,
+            platform, image.manifest_digest,
         )  # fmt: skip
 
     # -- steps
@@ -212,11 +226,13 @@ class _Run:
     def step(self, state: _State, step: Step) -> None:
         instruction = step.instruction
         if isinstance(instruction, Run):
-            self.layer_step(state, step, self.run_step)
+            self.layer_step(state, step, self.run_step, self.run_key(state, step))
         elif isinstance(instruction, Copy | Add):
-            self.layer_step(state, step, self.copy_step)
+            self.layer_step(state, step, self.copy_step, self.copy_key(step))
         elif isinstance(instruction, Workdir):
-            self.layer_step(state, step, self.workdir_step)
+            path = join_workdir(step.workdir, instruction.path)
+            key: dict[str, object] = {"workdir": path, "user": state.config.user}
+            self.layer_step(state, step, self.workdir_step, key)
             state.config, state.cmd_set = apply_instruction(
                 state.config, instruction, state.cmd_set
             )
@@ -229,9 +245,37 @@ class _Run:
             )
 
     def layer_step(
-        self, state: _State, step: Step, action: Callable[[_State, Step, Path], None]
+        self,
+        state: _State,
+        step: Step,
+        action: Callable[[_State, Step, Path], None],
+        key_parts: dict[str, object],
     ) -> None:
-        """Run ``action`` on an overlay of ``state``'s layers; commit what it changed."""
+        """Run ``action`` on an overlay of ``state``'s layers and commit what it changed,
+        unless the cache has the layer a step with the same key made."""
+        key = sha256_digest(canonical_json({"parent": state.key, **key_parts}))
+        entry: dict[str, object] = {"created": _now(), "created_by": _created_by(step.instruction)}
+        cached = None if self.request.no_cache else self.store.cached_layer(key)
+        if cached is not None:
+            self.builder.output(f"#{self.done} CACHED")
+            self.add_layer(state, entry, *cached)
+        else:
+            diff_id, size = self.run_on_overlay(state, step, action)
+            self.store.remember_layer(key, diff_id, size)
+            self.add_layer(state, entry, diff_id, size)
+        state.key = key
+
+    def add_layer(self, state: _State, entry: dict[str, object], diff_id: str, size: int) -> None:
+        if diff_id:
+            state.layers.append(Descriptor(LAYER, diff_id, size))
+            state.history.append(entry)
+        else:
+            state.history.append({**entry, "empty_layer": True})
+
+    def run_on_overlay(
+        self, state: _State, step: Step, action: Callable[[_State, Step, Path], None]
+    ) -> tuple[str, int]:
+        """(diff_id, size) of what ``action`` changed; ('', 0) when it changed nothing."""
         upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.snapshots.root))
         try:
             work = Path(tempfile.mkdtemp(prefix="ovl-", dir=self.snapshots.root))
@@ -241,23 +285,58 @@ class _Run:
             with overlay(lowers, upper, work, merged):
                 action(state, step, merged)
             shutil.rmtree(work, ignore_errors=True)
-            entry: dict[str, object] = {
-                "created": _now(),
-                "created_by": _created_by(step.instruction),
-            }
             if not any(upper.iterdir()):
-                state.history.append({**entry, "empty_layer": True})
-                return
+                return "", 0
             unchanged = _same_as_lower(lowers)
             digest, size = self.store.put_blob_stream(
                 lambda out: write_dir_layer(upper, out, overlay=True, unchanged=unchanged)  # type: ignore[arg-type]
             )
             self.snapshots.adopt(upper, digest)
-            state.layers.append(Descriptor(LAYER, digest, size))
-            state.history.append(entry)
+            return digest, size
         finally:
             if upper.exists():
                 shutil.rmtree(upper, ignore_errors=True)
+
+    def run_key(self, state: _State, step: Step) -> dict[str, object]:
+        instruction = step.instruction
+        assert isinstance(instruction, Run)
+        return {
+            "run": _run_args(instruction, state.config),
+            "env": [f"{k}={v}" for k, v in step.env],
+            "user": state.config.user,
+            "workdir": step.workdir,
+            "network": instruction.network,
+            "security": instruction.security,
+            "mounts": [repr(m) for m in instruction.resolved_mounts],
+        }
+
+    def copy_key(self, step: Step) -> dict[str, object]:
+        """What a COPY or ADD reads: its files' digests (not mtimes), or the source stage."""
+        instruction = step.instruction
+        assert isinstance(instruction, Copy | Add)
+        parts: dict[str, object] = {
+            "kind": instruction.name,
+            "dest": instruction.dest,
+            "workdir": step.workdir,
+            "chown": instruction.chown,
+            "chmod": instruction.chmod,
+            "inline": [(f.name, f.content) for f in instruction.inline],
+            "sources": list(instruction.sources),
+        }
+        if isinstance(instruction, Copy) and instruction.from_:
+            found = self.plan.dockerfile.stage(instruction.from_)
+            if found is not None and found.index in self.states:
+                parts["from"] = self.states[found.index].key
+            else:
+                parts["from"] = self.store.resolve(instruction.from_)
+            return parts
+        selected = self.select(instruction, self.request.context, self.visible)
+        parts["files"] = [
+            (e.path, e.kind, e.mode, e.digest, e.link_target)
+            for e in self.context
+            if any(not s or e.path == s or e.path.startswith(s + "/") for s in selected)
+        ]
+        return parts
 
     def run_step(self, state: _State, step: Step, rootfs: Path) -> None:
         instruction = step.instruction

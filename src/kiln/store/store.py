@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -41,6 +42,12 @@ CREATE TABLE IF NOT EXISTS images (
     manifest TEXT PRIMARY KEY,   -- digest of the manifest blob
     config TEXT NOT NULL,        -- digest of the config blob: the image ID
     size INTEGER NOT NULL,       -- bytes of its layers
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,        -- a build step's cache key
+    layer TEXT NOT NULL,         -- the diff_id of the layer it made; '' for no layer
+    size INTEGER NOT NULL,
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tags (
@@ -180,6 +187,20 @@ class Store:
                 os.unlink(temp)
             raise
 
+    # -- build cache
+
+    def cached_layer(self, key: str) -> tuple[str, int] | None:
+        """(diff_id, size) a step with this key made before ('' for no layer), if still here."""
+        row = self.db.execute("SELECT layer, size FROM cache WHERE key = ?", (key,)).fetchone()
+        if row is None or (row[0] and not self.has_blob(row[0])):
+            return None
+        return str(row[0]), int(row[1])
+
+    def remember_layer(self, key: str, diff_id: str, size: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)", (key, diff_id, size, time.time())
+        )
+
     # -- images and tags
 
     def add_image(self, manifest: dict[str, Any], tags: list[Reference]) -> StoredImage:
@@ -294,8 +315,10 @@ class Store:
         return removed
 
     def prune(self) -> tuple[int, int]:
-        """Remove untagged images and blobs nothing references: (images, bytes) freed."""
+        """Remove the build cache, untagged images and blobs nothing references:
+        (images, bytes) freed."""
         with self._collecting():
+            self.db.execute("DELETE FROM cache")
             untagged = [
                 r[0]
                 for r in self.db.execute(
@@ -317,7 +340,7 @@ class Store:
 
     def _collect_garbage(self) -> int:
         """Delete blobs no recorded image references, and stale temp files (``_collecting``)."""
-        keep = set()
+        keep = {str(r[0]) for r in self.db.execute("SELECT layer FROM cache WHERE layer != ''")}
         for (digest,) in self.db.execute("SELECT manifest FROM images"):
             keep.add(digest)
             manifest = json.loads(self.read_blob(digest))
@@ -331,6 +354,13 @@ class Store:
         for path in self.tmp.iterdir():
             if time.time() - path.stat().st_mtime > 3600:  # an interrupted write, long gone
                 path.unlink()
+        snapshots = self.root / "snapshots"
+        if snapshots.is_dir():
+            for path in snapshots.iterdir():
+                unpacked_layer = len(path.name) == 64 and "-" not in path.name
+                if unpacked_layer and "sha256:" + path.name not in keep:
+                    freed += _tree_size(path)
+                    shutil.rmtree(path, ignore_errors=True)
         return freed
 
     def _write_index(self) -> None:
@@ -344,6 +374,15 @@ class Store:
             manifests.append(Descriptor(MANIFEST, digest, size, annotations).to_json())
         index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests}
         self._write_atomic(self.root / "index.json", canonical_json(index))
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
 
 
 @contextlib.contextmanager
