@@ -35,7 +35,7 @@ def run_image(
     try:
         upper, work, merged = scratch / "upper", scratch / "work", scratch / "merged"
         for path in (upper, work, merged):
-            path.mkdir()
+            path.mkdir(mode=0o755)
         with overlay(lowers, upper, work, merged):
             spec = ProcessSpec(args, config.env, config.working_dir or "/", config.user, network)
             return run(merged, spec, scratch / "bundle", output)

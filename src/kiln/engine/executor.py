@@ -31,9 +31,9 @@ from kiln.dockerfile.instructions import Add, Copy, InlineFile, Instruction, Run
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
 from kiln.engine.overlay import overlay
 from kiln.engine.runtime import ProcessSpec, resolve_user, run
-from kiln.engine.snapshots import Snapshots
+from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.errors import DockerfileError, KilnError
-from kiln.oci.layer import write_dir_layer
+from kiln.oci.layer import open_decompressed, write_dir_layer
 from kiln.oci.objects import (
     CONFIG,
     LAYER,
@@ -277,6 +277,7 @@ class _Run:
     ) -> tuple[str, int]:
         """(diff_id, size) of what ``action`` changed; ('', 0) when it changed nothing."""
         upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.snapshots.root))
+        upper.chmod(0o755)  # the upper dir's own mode is what "/" looks like in the step
         try:
             work = Path(tempfile.mkdtemp(prefix="ovl-", dir=self.snapshots.root))
             merged = self.work / f"merged-{uuid.uuid4().hex[:8]}"
@@ -397,11 +398,20 @@ class _Run:
                     "When using COPY with more than one source file, the destination must be "
                     "a directory and end with a /",
                 )
+            unpack = isinstance(instruction, Add) and instruction.unpack is not False
             for relative in sources:
+                archive = source_root / relative
+                if unpack and archive.is_file() and not archive.is_symlink() and _is_tar(archive):
+                    _makedirs(rootfs, dest.rstrip("/") or "/", owner)
+                    with open_decompressed(archive) as stream:
+                        # BuildKit keeps an archive's own owners, --chown or not.
+                        target = rootfs / (dest.rstrip("/") or "/").lstrip("/")
+                        unpack_layer(stream, target, whiteouts=False)
+                    continue
                 _copy_tree(source_root, relative, rootfs, dest, owner, mode, visible)
             for inline in instruction.inline:
-                target = dest + inline.name if dest.endswith("/") else dest
-                _write_inline(rootfs, target, inline, owner, mode)
+                inline_target = dest + inline.name if dest.endswith("/") else dest
+                _write_inline(rootfs, inline_target, inline, owner, mode)
 
     def owner(self, instruction: Copy | Add, rootfs: Path) -> tuple[int, int]:
         if not instruction.chown:
@@ -501,6 +511,16 @@ def _created_by(instruction: Instruction) -> str:
     if isinstance(instruction, Run | Copy | Add):
         return f"{source} # buildkit"
     return source
+
+
+def _is_tar(path: Path) -> bool:
+    """A tar archive, compressed or not (what ADD unpacks)."""
+    try:
+        with open_decompressed(path) as stream:
+            header = stream.read(512)
+    except (OSError, EOFError, ValueError):
+        return False
+    return len(header) == 512 and header[257:262] == b"ustar"
 
 
 def _same_as_lower(lowers: list[Path]) -> Callable[[str, os.stat_result], bool]:

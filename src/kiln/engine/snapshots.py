@@ -53,6 +53,7 @@ class Snapshots:
     def staging(self) -> Iterator[Path]:
         """A fresh directory beside the snapshots; removed unless adopted."""
         path = Path(tempfile.mkdtemp(prefix="staging-", dir=self.root))
+        path.chmod(0o755)  # a layer's root is "/" of the images built on it
         try:
             yield path
         finally:
@@ -70,8 +71,18 @@ class Snapshots:
         return target
 
 
-def unpack_layer(stream: IO[bytes], dest: Path) -> None:
-    """Unpack a layer tar into ``dest`` in overlay format, confined to ``dest``."""
+def unpack_layer(
+    stream: IO[bytes],
+    dest: Path,
+    *,
+    whiteouts: bool = True,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Unpack a layer tar into ``dest`` in overlay format, confined to ``dest``.
+
+    For ``ADD`` of an archive, ``whiteouts`` is off (``.wh.`` names are plain files) and
+    ``owner``, when given, replaces the archive's owners.
+    """
     directories: list[tuple[Path, tarfile.TarInfo]] = []
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
@@ -80,10 +91,12 @@ def unpack_layer(stream: IO[bytes], dest: Path) -> None:
                 continue
             parent = _parent(dest, parts[:-1])
             name = parts[-1]
-            if name == OPAQUE_MARKER:
+            if owner is not None:
+                member.uid, member.gid = owner
+            if whiteouts and name == OPAQUE_MARKER:
                 os.setxattr(parent, "trusted.overlay.opaque", b"y")
                 continue
-            if name.startswith(WHITEOUT_PREFIX):
+            if whiteouts and name.startswith(WHITEOUT_PREFIX):
                 whiteout = parent / name[len(WHITEOUT_PREFIX) :]
                 _remove(whiteout)
                 os.mknod(whiteout, stat.S_IFCHR | 0o000, os.makedev(0, 0))
