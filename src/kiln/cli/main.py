@@ -25,6 +25,7 @@ from kiln.dockerfile.serialize import dockerfile_to_dict
 from kiln.engine.container import run_image
 from kiln.engine.executor import Builder, BuildRequest
 from kiln.errors import KilnError
+from kiln.outputs import export, load_into_docker, parse_output
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
 from kiln.store.transfer import import_rootfs, load, save
@@ -278,6 +279,15 @@ def load_command(source: Path) -> None:
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Add a label.")
 @click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
 @click.option("--no-cache", is_flag=True, help="Build every step afresh.")
+@click.option(
+    "-o",
+    "--output",
+    "outputs",
+    multiple=True,
+    metavar="type=docker|oci|local,dest=PATH",
+    help="Also write the image out (repeatable).",
+)
+@click.option("--load", is_flag=True, help="Load the image into the Docker engine (DOCKER_HOST).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -289,13 +299,16 @@ def build_command(
     labels: tuple[str, ...],
     network: str,
     no_cache: bool,
+    outputs: tuple[str, ...],
+    load: bool,
     quiet: bool,
     iidfile: Path | None,
     context: Path,
 ) -> None:
     """Build an image from a Dockerfile and a context, with no daemon."""
     for tag in tags:
-        Reference.parse(tag)  # a bad tag fails before the build, not after
+        Reference.parse(tag)  # a bad tag or output fails before the build, not after
+    exports = [parse_output(spec) for spec in outputs]
     request = BuildRequest(
         context=context,
         dockerfile=file,
@@ -306,8 +319,19 @@ def build_command(
         network=network,
         no_cache=no_cache,
     )
-    output = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
-    image = Builder(_store(), output).build(request)
+
+    def output(line: str) -> None:
+        if not quiet:
+            click.echo(line, err=True)
+
+    store = _store()
+    image = Builder(store, output).build(request)
+    for destination in exports:
+        export(store, image, destination)
+        output(f"exported to {destination.type}:{destination.dest}")
+    if load:
+        for name in load_into_docker(store, image):
+            output(f"Loaded image: {name}")
     if iidfile is not None:
         iidfile.write_text(image.id)
     if quiet:
