@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from kiln.errors import ContextError, DockerfileError, KilnError
 
-try:
-    __version__ = version("kiln")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+__version__ = "0.1.0"  # the single source: pyproject.toml reads it
 
 __all__ = ["ContextError", "DockerfileError", "KilnError", "__version__"]

@@ -15,9 +15,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
-from docker.errors import DockerException
-
 from kiln.engine.overlay import overlay
 from kiln.engine.snapshots import Snapshots
 from kiln.errors import KilnError
@@ -105,6 +102,9 @@ def _rootfs(store: Store, image: StoredImage, dest: Path) -> None:
 
 def load_into_docker(store: Store, image: StoredImage) -> list[str]:
     """``--load``: the image into the Docker engine ``DOCKER_HOST`` names; its tags back."""
+    import docker  # a tenth of a second to import: only when loading
+    from docker.errors import DockerException
+
     name = image.tags[0] if image.tags else image.manifest_digest
     try:
         client = docker.from_env()

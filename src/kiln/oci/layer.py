@@ -12,7 +12,9 @@ import gzip
 import hashlib
 import lzma
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,6 +78,9 @@ def write_dir_layer(
     says matches the lower one is left out.
     """
     writer = HashingWriter(out)
+    if shutil.which("tar") and not (overlay and _needs_conversion(root, unchanged)):
+        _gnu_tar(root, writer)
+        return LayerInfo(writer.digest, writer.size)
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for relative, path in _walk(root, "", overlay):
@@ -86,6 +91,41 @@ def write_dir_layer(
             else:
                 _add_entry(tar, path, relative, links)
     return LayerInfo(writer.digest, writer.size)
+
+
+def _needs_conversion(root: Path, unchanged: Unchanged | None) -> bool:
+    """Whether an upper dir holds whiteouts, opaque dirs or copied-up empty dirs, which
+    only the Python writer knows how to turn into a layer."""
+    for directory, dirs, files in os.walk(root):
+        path = Path(directory)
+        if path != root and (_is_opaque(path) or (not dirs and not files and unchanged)):
+            return True
+        for name in files:
+            if _is_whiteout(path / name):
+                return True
+    return False
+
+
+def _gnu_tar(root: Path, writer: HashingWriter) -> None:
+    """The same layer semantics, written by GNU tar: several times faster than tarfile for
+    thousands of files. Sorted, numeric owners, whole-second mtimes, no atime/ctime, xattrs."""
+    names = sorted(os.listdir(root), key=os.fsencode)
+    if not names:
+        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT):  # type: ignore[call-overload]
+            return
+    command = [
+        "tar", "--create", "--file=-", f"--directory={root}", "--format=pax", "--sort=name",
+        "--numeric-owner", "--xattrs", "--xattrs-include=*", "--xattrs-exclude=security.selinux",
+        "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime,delete=mtime",
+        "--no-acls", "--no-selinux", "--", *names,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    while chunk := process.stdout.read(1 << 20):
+        writer.write(chunk)
+    _, errors = process.communicate()
+    if process.returncode != 0:
+        raise LayerError(f"tar failed on {root}: {errors.decode(errors='replace').strip()}")
 
 
 WHITEOUT_PREFIX = ".wh."
