@@ -208,6 +208,29 @@ def test_same_image_as_buildkit(
     assert sorted(ours_fs - theirs_fs) == sorted(theirs_fs - ours_fs) == []
     for key in ("Env", "User", "WorkingDir", "Cmd", "Entrypoint", "Labels", "Shell", "OnBuild"):
         assert (key, ours.get(key) or None) == (key, theirs.get(key) or None)
+    image_id = json.loads(_kiln("inspect", tag))[0]["Id"]
+    our_config = json.loads((kiln_root / "blobs" / "sha256" / image_id[7:]).read_text())
+    assert _history(our_config) == _history(_docker_config(docker, tag))
+
+
+def _docker_config(docker: DockerEngine, tag: str) -> Any:
+    """The image config as BuildKit wrote it (docker inspect leaves out the history)."""
+    with tarfile.open(fileobj=io.BytesIO(docker.run_bytes("save", tag))) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        return json.load(tar.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+
+
+def _history(config: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(created_by, empty_layer) of each entry. Current BuildKit writes COPY/ADD's --chown
+    and --chmod into created_by, Debian's BuildKit 0.8 does not: those words are dropped."""
+    return [
+        (
+            " ".join(w for w in h.get("created_by", "").split(" ")
+                     if not w.startswith(("--chown=", "--chmod="))),
+            bool(h.get("empty_layer")),
+        )
+        for h in config["history"]
+    ]  # fmt: skip
 
 
 def _unpack(kiln_root: Path, tag: str, bundle: Path) -> set[Entry]:

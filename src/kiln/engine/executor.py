@@ -37,8 +37,19 @@ from kiln.dockerfile.config import (
     from_oci,
     to_oci,
 )
-from kiln.dockerfile.instructions import Add, Copy, InlineFile, Instruction, Run, Workdir
+from kiln.dockerfile.instructions import (
+    Add,
+    Arg,
+    Cmd,
+    Copy,
+    InlineFile,
+    Instruction,
+    Onbuild,
+    Run,
+    Workdir,
+)
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
+from kiln.engine.history import created_by
 from kiln.engine.overlay import overlay
 from kiln.engine.runtime import ProcessSpec, resolve_user, run
 from kiln.engine.snapshots import Snapshots, unpack_layer
@@ -87,9 +98,12 @@ class _State:
     platform: Platform
     key: str  # the cache key of the filesystem so far
     cmd_set: bool = False
+    args: list[str] = field(default_factory=list)  # the stage's ARG names, in order
 
     def copy(self) -> _State:
-        return _State(list(self.layers), self.config, list(self.history), self.platform, self.key)
+        state = _State(list(self.layers), self.config, list(self.history), self.platform, self.key)
+        state.args = list(self.args)
+        return state
 
 
 class Builder:
@@ -251,12 +265,16 @@ class _Run:
                 state.config, instruction, state.cmd_set
             )
         else:
+            if isinstance(instruction, Arg):
+                state.args.extend(a.key for a in instruction.args if a.key not in state.args)
             state.config, state.cmd_set = apply_instruction(
                 state.config, instruction, state.cmd_set
             )
-            state.history.append(
-                {"created": _now(), "created_by": _created_by(instruction), "empty_layer": True}
-            )
+            if isinstance(instruction, Onbuild):
+                return  # BuildKit records a trigger in the config only, not in the history
+            command = state.config.cmd if isinstance(instruction, Cmd) else state.config.entrypoint
+            text = created_by(instruction, command=command or ())
+            state.history.append({"created": _now(), "created_by": text, "empty_layer": True})
 
     def layer_step(
         self,
@@ -268,7 +286,7 @@ class _Run:
         """Run ``action`` on an overlay of ``state``'s layers and commit what it changed,
         unless the cache has the layer a step with the same key made."""
         key = sha256_digest(canonical_json({"parent": state.key, **key_parts}))
-        entry: dict[str, object] = {"created": _now(), "created_by": _created_by(step.instruction)}
+        entry: dict[str, object] = {"created": _now(), "created_by": self.history_text(state, step)}
         cached = None if self.request.no_cache else self.store.cached_layer(key)
         if cached is not None:
             self.builder.output(f"#{self.done} CACHED")
@@ -278,6 +296,18 @@ class _Run:
             self.store.remember_layer(key, diff_id, size)
             self.add_layer(state, entry, diff_id, size)
         state.key = key
+
+    def history_text(self, state: _State, step: Step) -> str:
+        instruction = step.instruction
+        if isinstance(instruction, Run):
+            env = dict(step.env)
+            build_args = {name: env.get(name, "") for name in state.args}
+            return created_by(
+                instruction, run_args=_run_args(instruction, state.config), build_args=build_args
+            )
+        if isinstance(instruction, Workdir):
+            return created_by(instruction, workdir=join_workdir(step.workdir, instruction.path))
+        return created_by(instruction)
 
     def add_layer(self, state: _State, entry: dict[str, object], diff_id: str, size: int) -> None:
         if diff_id:
@@ -532,13 +562,6 @@ def _run_args(instruction: Run, config: ImageConfig) -> list[str]:
     for doc in docs:
         command += "\n" + doc.data + doc.name
     return [*shell, command]
-
-
-def _created_by(instruction: Instruction) -> str:
-    source = " ".join(instruction.source.split())
-    if isinstance(instruction, Run | Copy | Add):
-        return f"{source} # buildkit"
-    return source
 
 
 def _is_tar(path: Path) -> bool:
