@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kiln import __version__
+from kiln.cli.progress import MODES, printer
 from kiln.errors import KilnError
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
@@ -300,6 +301,14 @@ def load_command(source: Path) -> None:
 )
 @click.option("--load", is_flag=True, help="Load the image into the Docker engine (DOCKER_HOST).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
+@click.option(
+    "--progress", type=click.Choice(MODES), default="auto", show_default=True,
+    help="auto: styled on a terminal, plain lines otherwise; quiet: none.",
+)  # fmt: skip
+@click.option(
+    "--isolation", type=click.Choice(["oci", "chroot"]), default=None,
+    help="How RUN steps are isolated (default: oci when runc is installed, else chroot).",
+)  # fmt: skip
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def build_command(
@@ -313,6 +322,8 @@ def build_command(
     outputs: tuple[str, ...],
     load: bool,
     quiet: bool,
+    progress: str,
+    isolation: str | None,
     iidfile: Path | None,
     context: Path,
 ) -> None:
@@ -332,11 +343,9 @@ def build_command(
         labels=dict(label.partition("=")[::2] for label in labels),
         network=network,
         no_cache=no_cache,
+        isolation=isolation,
     )
-
-    def output(line: str) -> None:
-        if not quiet:
-            click.echo(line, err=True)
+    output = printer("quiet" if quiet else progress)
 
     store = _store()
     image = Builder(store, output).build(request)

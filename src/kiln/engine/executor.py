@@ -86,6 +86,7 @@ class BuildRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     network: str = "host"
     no_cache: bool = False
+    isolation: str | None = None  # "oci" or "chroot"; None: oci where runc is installed
 
 
 @dataclass
@@ -414,7 +415,8 @@ class _Run:
 
         network = instruction.network if instruction.network != "default" else self.request.network
         spec = ProcessSpec(args, env, step.workdir, state.config.user, network)
-        status = run(rootfs, spec, self.work / f"bundle-{uuid.uuid4().hex[:8]}", output)
+        bundle = self.work / f"bundle-{uuid.uuid4().hex[:8]}"
+        status = run(rootfs, spec, bundle, output, self.request.isolation)
         if status != 0:
             last = " | ".join(tail[-3:])
             raise self.error(

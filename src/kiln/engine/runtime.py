@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -97,15 +98,22 @@ def runtime_available() -> bool:
     return shutil.which(RUNC) is not None
 
 
+def default_isolation() -> str:
+    """``oci`` where runc is installed, ``chroot`` elsewhere."""
+    return "oci" if runtime_available() else "chroot"
+
+
 def run(
     rootfs: Path,
     spec: ProcessSpec,
     bundle: Path,
     output: Callable[[bytes], None],
+    isolation: str | None = None,
 ) -> int:
     """Run ``spec`` in ``rootfs`` (a mounted overlay); returns its exit status."""
-    if not runtime_available():
-        raise ContainerError("runc is not installed: install it (apt-get install runc)")
+    isolation = isolation or default_isolation()
+    if isolation == "oci" and not runtime_available():
+        raise ContainerError("runc is not installed: install it, or use --isolation chroot")
     bundle.mkdir(parents=True, exist_ok=True)
     created = [p for p in _MOUNT_POINTS if not os.path.lexists(rootfs / p)]
     parents = {
@@ -118,30 +126,60 @@ def run(
     )
     shutil.copyfile("/etc/resolv.conf", bundle / "resolv.conf")
     user = resolve_user(rootfs, spec.user)
-    config = _config(rootfs, bundle, spec, user)
-    (bundle / "config.json").write_text(json.dumps(config))
     container = f"kiln-{uuid.uuid4().hex[:12]}"
     try:
+        if isolation == "oci":
+            (bundle / "config.json").write_text(json.dumps(_config(rootfs, bundle, spec, user)))
+            command = [RUNC, "--root", str(bundle / "state"), "run", "--bundle", str(bundle)]
+            command.append(container)
+        else:
+            _make_mount_stubs(rootfs, created)
+            (bundle / "chroot.json").write_text(
+                json.dumps(_chroot_spec(rootfs, bundle, spec, user))
+            )
+            command = [sys.executable, "-m", "kiln.engine.chroot", str(bundle / "chroot.json")]
         process = subprocess.Popen(
-            [RUNC, "--root", str(bundle / "state"), "run", "--bundle", str(bundle), container],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         assert process.stdout is not None
         for line in iter(process.stdout.readline, b""):
             output(line)
         status = process.wait()
     finally:
-        subprocess.run(
-            [RUNC, "--root", str(bundle / "state"), "delete", "--force", container],
-            capture_output=True,
-        )
+        if isolation == "oci":
+            subprocess.run(
+                [RUNC, "--root", str(bundle / "state"), "delete", "--force", container],
+                capture_output=True,
+            )
         _remove_mount_stubs(rootfs, created)
         for parent, mtime in parents.items():  # as if no stub had ever been made
             with contextlib.suppress(OSError):
                 os.utime(rootfs / parent, ns=(mtime, mtime), follow_symlinks=False)
     return status
+
+
+def _make_mount_stubs(rootfs: Path, created: list[str]) -> None:
+    """What runc would create for its mounts, for the chroot isolation to mount on."""
+    for relative in created:
+        path = rootfs / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if relative.startswith("etc/"):
+            path.touch()
+        else:
+            path.mkdir()
+
+
+def _chroot_spec(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[str, object]:
+    return {
+        "rootfs": str(rootfs),
+        "bundle": str(bundle),
+        "args": list(spec.args),
+        "env": list(spec.env),
+        "cwd": spec.cwd or "/",
+        "hostname": spec.hostname,
+        "network": spec.network,
+        "user": {"uid": user.uid, "gid": user.gid, "additional_gids": list(user.additional_gids)},
+    }
 
 
 def _remove_mount_stubs(rootfs: Path, created: list[str]) -> None:
