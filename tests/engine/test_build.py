@@ -163,3 +163,22 @@ def test_rebuilds_use_the_cache_exactly(kiln_root: Path, tmp_path: Path) -> None
     assert "CACHED" not in build("--no-cache")
     invoke("prune")
     assert "CACHED" not in build()
+
+
+def test_copy_exclude_and_parents(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\nCOPY --exclude=*.log --exclude=tmp app/ /app/\n"
+        "COPY --parents src/a/one.txt src/b/two.txt /tree/\n"
+        "COPY --parents ./deep/./x/y.txt /pivot/\n",
+        {"app/main.sh": "m", "app/debug.log": "l", "app/tmp/t": "t", "app/sub/x.log": "l",
+         "app/sub/keep": "k", "src/a/one.txt": "1", "src/b/two.txt": "2",
+         "deep/x/y.txt": "y"},
+    )  # fmt: skip
+    invoke("build", "-t", "app:copyflags", str(ctx))
+    rootfs = unpack(kiln_root, "copyflags", tmp_path)
+    app = sorted(str(p.relative_to(rootfs / "app")) for p in (rootfs / "app").rglob("*"))
+    assert app == ["main.sh", "sub", "sub/keep", "sub/x.log"]  # * does not cross /
+    assert (rootfs / "tree" / "src" / "a" / "one.txt").read_text() == "1"
+    assert (rootfs / "tree" / "src" / "b" / "two.txt").read_text() == "2"
+    assert (rootfs / "pivot" / "x" / "y.txt").read_text() == "y"

@@ -26,6 +26,7 @@ from kiln.context import (
     ContextEntry,
     DigestCache,
     IgnoreRules,
+    PatternMatcher,
     load_ignore,
     match_glob,
     scan_context,
@@ -459,7 +460,11 @@ class _Run:
                     "a directory and end with a /",
                 )
             unpack = isinstance(instruction, Add) and instruction.unpack is not False
+            exclude = PatternMatcher(list(instruction.excludes)) if instruction.excludes else None
+            parents = isinstance(instruction, Copy) and instruction.parents
             for relative in sources:
+                if exclude is not None and exclude.matches(relative):
+                    continue
                 archive = source_root / relative
                 if unpack and archive.is_file() and not archive.is_symlink() and _is_tar(archive):
                     _makedirs(rootfs, dest.rstrip("/") or "/", owner)
@@ -468,7 +473,16 @@ class _Run:
                         target = rootfs / (dest.rstrip("/") or "/").lstrip("/")
                         unpack_layer(stream, target, whiteouts=False)
                     continue
-                _copy_tree(source_root, relative, rootfs, dest, owner, mode, visible)
+                target_dest = dest
+                if parents:  # keep the source's path (below a /./ pivot, if there is one)
+                    kept = _below_pivot(relative, instruction.sources)
+                    source_path = source_root / relative
+                    if not (source_path.is_dir() and not source_path.is_symlink()):
+                        kept = os.path.dirname(kept)
+                    target_dest = "/".join(p for p in (dest.rstrip("/"), kept) if p) + "/"
+                _copy_tree(
+                    source_root, relative, rootfs, target_dest, owner, mode, visible, exclude
+                )
             for inline in instruction.inline:
                 inline_target = dest + inline.name if dest.endswith("/") else dest
                 _write_inline(rootfs, inline_target, inline, owner, mode)
@@ -629,23 +643,36 @@ def _copy_tree(
     owner: tuple[int, int],
     mode: int | None,
     visible: set[str] | None,
+    exclude: PatternMatcher | None = None,
 ) -> None:
     """Docker's COPY rules: a directory's contents go into dest; a file goes to dest, or
-    into it when dest ends with / or is a directory."""
+    into it when dest ends with / or is a directory. ``exclude`` (``--exclude``) patterns
+    match paths relative to the directory being copied."""
     source = root / relative if relative else root
     st = os.lstat(source)
     if stat.S_ISDIR(st.st_mode):
         target = dest.rstrip("/") or "/"
         _makedirs(rootfs, target, owner)
-        if visible is None and owner == (0, 0) and mode is None:
+        if visible is None and exclude is None and owner == (0, 0) and mode is None:
             _cp_contents(source, rootfs / target.lstrip("/"))
         else:
-            _copy_contents(source, relative, rootfs / target.lstrip("/"), owner, mode, visible)
+            destination = rootfs / target.lstrip("/")
+            _copy_contents(source, relative, destination, owner, mode, visible, exclude, "")
         return
     into_dir = dest.endswith("/") or (rootfs / dest.lstrip("/")).is_dir()
     target = f"{dest.rstrip('/')}/{source.name}" if into_dir else dest
     _makedirs(rootfs, os.path.dirname(target.rstrip("/")), owner)
     _copy_entry(source, rootfs / target.lstrip("/"), owner, mode)
+
+
+def _below_pivot(relative: str, patterns: tuple[str, ...]) -> str:
+    """``--parents`` keeps the path below a ``/./`` pivot of the pattern that selected it."""
+    for pattern in patterns:
+        head, pivot, _ = pattern.partition("/./")
+        prefix = os.path.normpath("/" + head).lstrip("/")
+        if pivot and (relative == prefix or relative.startswith(prefix + "/")):
+            return relative[len(prefix) :].lstrip("/")
+    return relative
 
 
 def _cp_contents(source: Path, target: Path) -> None:
@@ -666,17 +693,29 @@ def _copy_contents(
     owner: tuple[int, int],
     mode: int | None,
     visible: set[str] | None,
+    exclude: PatternMatcher | None,
+    inner: str,
 ) -> None:
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         child_relative = f"{relative}/{entry.name}" if relative else entry.name
+        child_inner = f"{inner}/{entry.name}" if inner else entry.name
         if visible is not None and child_relative not in visible:
             continue
+        is_dir = entry.is_dir(follow_symlinks=False)
+        excluded = exclude is not None and exclude.matches(child_inner)
+        if excluded and not (
+            is_dir and exclude is not None and exclude.may_include_under(child_inner)
+        ):
+            continue
         destination = target / entry.name
-        if entry.is_dir(follow_symlinks=False):
+        if is_dir:
             if not destination.is_dir():
                 _remove(destination)
                 destination.mkdir()
-            _copy_contents(Path(entry.path), child_relative, destination, owner, mode, visible)
+            _copy_contents(
+                Path(entry.path), child_relative, destination, owner, mode, visible, exclude,
+                child_inner,
+            )  # fmt: skip
             _apply(Path(entry.path), destination, owner, mode)
         else:
             _copy_entry(Path(entry.path), destination, owner, mode)
