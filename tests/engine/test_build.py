@@ -182,3 +182,32 @@ def test_copy_exclude_and_parents(kiln_root: Path, tmp_path: Path) -> None:
     assert (rootfs / "tree" / "src" / "a" / "one.txt").read_text() == "1"
     assert (rootfs / "tree" / "src" / "b" / "two.txt").read_text() == "2"
     assert (rootfs / "pivot" / "x" / "y.txt").read_text() == "y"
+
+
+def test_independent_stages_run_at_the_same_time(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base AS a\nRUN date +%s > /start && sleep 2 && date +%s > /end\n"
+        "FROM busybox:base AS b\nRUN date +%s > /start && sleep 2 && date +%s > /end\n"
+        "FROM busybox:base\nCOPY --from=a /start /a.start\nCOPY --from=a /end /a.end\n"
+        "COPY --from=b /start /b.start\nCOPY --from=b /end /b.end\n",
+    )
+    invoke("build", "-t", "app:parallel", str(ctx))
+    rootfs = unpack(kiln_root, "parallel", tmp_path)
+    times = {n: float((rootfs / n).read_text()) for n in ("a.start", "a.end", "b.start", "b.end")}
+    assert times["a.start"] < times["b.end"] and times["b.start"] < times["a.end"]  # overlapped
+
+
+def test_a_failing_stage_fails_the_build_of_parallel_stages(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base AS a\nRUN sleep 1\nRUN echo after\n"
+        "FROM busybox:base AS b\nRUN exit 7\n"
+        "FROM busybox:base\nCOPY --from=a /etc/passwd /a\nCOPY --from=b /etc/passwd /b\n",
+    )
+    result = CliRunner().invoke(cli, ["build", "-t", "app:parfail", str(ctx)])
+    assert result.exit_code == 1
+    assert "Dockerfile:5: RUN exit 7 failed with exit code 7" in result.stderr
+    assert "app:parfail" not in invoke("images").stdout

@@ -16,8 +16,10 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -69,6 +71,7 @@ from kiln.store import Store, StoredImage
 
 Output = Callable[[str], None]
 _TAIL_LINES = 10
+_PARALLEL_STAGES = 4
 
 
 class BuildError(DockerfileError):
@@ -205,10 +208,27 @@ class _Run:
         self.states: dict[int, _State] = {}
         self.total = sum(len(s.steps) for s in plan.stages)
         self.done = 0
+        self.counter = threading.Lock()
+        self.current = threading.local()  # .number: the step this thread is running
+        self.failed = threading.Event()
 
     def execute(self) -> _State:
-        for stage in self.plan.stages:
-            self.states[stage.stage.index] = self.stage(stage)
+        """Every stage once all it depends on is built; independent stages in parallel."""
+        pending = {stage.stage.index: stage for stage in self.plan.stages}
+        running: dict[Future[_State], int] = {}
+        with ThreadPoolExecutor(max_workers=_PARALLEL_STAGES) as pool:
+            try:
+                while pending or running:
+                    for index, stage in list(pending.items()):
+                        if all(dep in self.states for dep in stage.dependencies):
+                            del pending[index]
+                            running[pool.submit(self.stage, stage)] = index
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        self.states[running.pop(future)] = future.result()
+            except BaseException:
+                self.failed.set()  # stages still running stop at their next step
+                raise
         return self.states[self.plan.target]
 
     # -- stages
@@ -217,9 +237,14 @@ class _Run:
         state = self.base(stage)
         label = stage.name or f"stage-{stage.stage.index}"
         for step in stage.steps:
-            self.done += 1
+            if self.failed.is_set():
+                raise KilnError("build cancelled: another stage failed")
+            with self.counter:
+                self.done += 1
+                self.current.number = self.done
             self.builder.output(
-                f"#{self.done} [{label} {self.done}/{self.total}] {step.instruction.source}"
+                f"#{self.current.number} [{label} {self.current.number}/{self.total}] "
+                f"{step.instruction.source}"
             )
             self.step(state, step)
         state.config = replace(state.config, env=tuple(f"{k}={v}" for k, v in stage.env))
@@ -291,7 +316,7 @@ class _Run:
         entry: dict[str, object] = {"created": _now(), "created_by": self.history_text(state, step)}
         cached = None if self.request.no_cache else self.store.cached_layer(key)
         if cached is not None:
-            self.builder.output(f"#{self.done} CACHED")
+            self.builder.output(f"#{self.current.number} CACHED")
             self.add_layer(state, entry, *cached)
         else:
             diff_id, size = self.run_on_overlay(state, step, action)
@@ -407,12 +432,13 @@ class _Run:
         cwd = rootfs / step.workdir.lstrip("/")
         cwd.mkdir(parents=True, exist_ok=True)
         tail: list[str] = []
+        number = self.current.number
 
         def output(line: bytes) -> None:
             text = line.decode(errors="replace").rstrip("\n")
             tail.append(text)
             del tail[:-_TAIL_LINES]
-            self.builder.output(f"#{self.done} {text}")
+            self.builder.output(f"#{number} {text}")
 
         network = instruction.network if instruction.network != "default" else self.request.network
         spec = ProcessSpec(args, env, step.workdir, state.config.user, network)

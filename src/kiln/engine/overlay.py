@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def _umount(target: Path) -> None:
         raise MountError(f"cannot unmount {target}: {os.strerror(errno)}")
 
 
+# The kernel reads mount options from one page.
+_OPTIONS_LIMIT = 4000
+# chdir is process-wide: mounts that need it (very deep images) take turns.
+_cwd_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> Iterator[Path]:
     """Mount ``lowers`` (bottom first) under ``upper`` at ``target`` for the block."""
@@ -38,19 +45,26 @@ def overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> It
         empty = work.parent / "empty"
         empty.mkdir(exist_ok=True)
         lowers = [empty]
-    # overlayfs lists lower dirs top first; paths are made relative to keep the option
-    # string short (the kernel takes one page), so mount from their common parent.
-    base = Path(os.path.commonpath([*lowers, upper, work]))
-    relative = [os.path.relpath(p, base) for p in (*reversed(lowers), upper, work)]
-    *lower_names, upper_name, work_name = relative
-    options = f"lowerdir={':'.join(lower_names)},upperdir={upper_name},workdir={work_name}"
-    previous = os.getcwd()
-    os.chdir(base)
-    try:
+    ordered = [*reversed(lowers), upper, work]  # overlayfs lists lower dirs top first
+    options = _options([str(p.resolve()) for p in ordered])
+    if len(options) <= _OPTIONS_LIMIT:
         _mount("overlay", target.resolve(), "overlay", options)
-    finally:
-        os.chdir(previous)
+    else:  # paths relative to their common parent are shorter: mount from there
+        base = Path(os.path.commonpath(ordered))
+        with _cwd_lock:
+            previous = os.getcwd()
+            os.chdir(base)
+            try:
+                relative = _options([os.path.relpath(p, base) for p in ordered])
+                _mount("overlay", target.resolve(), "overlay", relative)
+            finally:
+                os.chdir(previous)
     try:
         yield target
     finally:
         _umount(target)
+
+
+def _options(paths: list[str]) -> str:
+    *lowers, upper, work = paths
+    return f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"

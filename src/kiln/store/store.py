@@ -17,6 +17,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,7 +101,12 @@ class Store:
                 self._write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}')
         except OSError as err:
             raise StoreError(f"cannot use {self.root} as kiln's store: {err.strerror}") from None
-        self.db = sqlite3.connect(self.root / "kiln.db", timeout=60, isolation_level=None)
+        # One connection, shared by a build's threads (stages run in parallel): every use of
+        # it holds ``self._db_lock``.
+        self.db = sqlite3.connect(
+            self.root / "kiln.db", timeout=60, isolation_level=None, check_same_thread=False
+        )
+        self._db_lock = threading.RLock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         with self.lock():
@@ -191,15 +197,18 @@ class Store:
 
     def cached_layer(self, key: str) -> tuple[str, int] | None:
         """(diff_id, size) a step with this key made before ('' for no layer), if still here."""
-        row = self.db.execute("SELECT layer, size FROM cache WHERE key = ?", (key,)).fetchone()
+        with self._db_lock:
+            row = self.db.execute("SELECT layer, size FROM cache WHERE key = ?", (key,)).fetchone()
         if row is None or (row[0] and not self.has_blob(row[0])):
             return None
         return str(row[0]), int(row[1])
 
     def remember_layer(self, key: str, diff_id: str, size: int) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)", (key, diff_id, size, time.time())
-        )
+        with self._db_lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)",
+                (key, diff_id, size, time.time()),
+            )
 
     # -- images and tags
 
@@ -232,6 +241,10 @@ class Store:
 
     def resolve(self, name: str) -> str:
         """The manifest digest ``name`` stands for: an image ID (or unique prefix), or a tag."""
+        with self._db_lock:
+            return self._resolve(name)
+
+    def _resolve(self, name: str) -> str:
         bare = name.removeprefix("sha256:")
         if len(bare) >= 4 and _HEX.fullmatch(bare):
             pattern = "sha256:" + bare + "%"
@@ -258,6 +271,10 @@ class Store:
             return None
 
     def image(self, name: str) -> StoredImage:
+        with self._db_lock:
+            return self._image(name)
+
+    def _image(self, name: str) -> StoredImage:
         digest = name if name.startswith("sha256:") and self._known(name) else self.resolve(name)
         row = self.db.execute(
             "SELECT config, size, created FROM images WHERE manifest = ?", (digest,)
