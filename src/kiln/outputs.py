@@ -15,8 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.engine.overlay import overlay
 from kiln.engine.snapshots import Snapshots
+from kiln.engine.snapshotter import mounted, snapshotter
 from kiln.errors import KilnError
 from kiln.store import Store, StoredImage
 from kiln.store.transfer import save
@@ -92,7 +92,7 @@ def _rootfs(store: Store, image: StoredImage, dest: Path) -> None:
         upper, work, merged = root / "upper", root / "work", root / "merged"
         for path in (upper, work, merged):
             path.mkdir()
-        with overlay(lowers, upper, work, merged):
+        with mounted(lowers, upper, work, merged, kind=snapshotter(store.root / "work")):
             result = subprocess.run(
                 ["cp", "-a", "--", f"{merged}/.", str(dest)], capture_output=True, text=True
             )

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiln.dockerfile.config import from_oci
-from kiln.engine.overlay import overlay
 from kiln.engine.runtime import ProcessSpec, run
 from kiln.engine.snapshots import Snapshots
+from kiln.engine.snapshotter import mounted, snapshotter
 from kiln.errors import KilnError
 from kiln.store import Store
 
@@ -36,7 +36,7 @@ def run_image(
         upper, work, merged = scratch / "upper", scratch / "work", scratch / "merged"
         for path in (upper, work, merged):
             path.mkdir(mode=0o755)
-        with overlay(lowers, upper, work, merged):
+        with mounted(lowers, upper, work, merged, kind=snapshotter(store.root / "work")):
             spec = ProcessSpec(args, config.env, config.working_dir or "/", config.user, network)
             return run(merged, spec, scratch / "bundle", output)
     finally:

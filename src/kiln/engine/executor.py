@@ -53,9 +53,9 @@ from kiln.dockerfile.instructions import (
 )
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
 from kiln.engine.history import created_by
-from kiln.engine.overlay import overlay
 from kiln.engine.runtime import ProcessSpec, resolve_user, run
 from kiln.engine.snapshots import Snapshots, unpack_layer
+from kiln.engine.snapshotter import mounted, snapshotter
 from kiln.errors import DockerfileError, KilnError
 from kiln.oci.layer import open_decompressed, write_dir_layer
 from kiln.oci.objects import (
@@ -118,6 +118,8 @@ class Builder:
         self.store = store
         self.snapshots = Snapshots(store)
         self.output = output
+        (store.root / "work").mkdir(exist_ok=True)
+        self.kind = snapshotter(store.root / "work", output)
 
     def build(self, request: BuildRequest) -> StoredImage:
         dockerfile_path = request.dockerfile or request.context / "Dockerfile"
@@ -354,7 +356,7 @@ class _Run:
             merged = self.work / f"merged-{uuid.uuid4().hex[:8]}"
             merged.mkdir()
             lowers = [self.snapshots.get(layer.digest) for layer in state.layers]
-            with overlay(lowers, upper, work, merged):
+            with mounted(lowers, upper, work, merged, kind=self.builder.kind):
                 action(state, step, merged)
             shutil.rmtree(work, ignore_errors=True)
             if not any(upper.iterdir()):
@@ -542,7 +544,7 @@ class _Run:
         work = self.work / f"from-work-{uuid.uuid4().hex[:8]}"
         upper.mkdir()
         work.mkdir()
-        with overlay(lowers, upper, work, target):
+        with mounted(lowers, upper, work, target, kind=self.builder.kind):
             yield target
 
     def select(self, instruction: Copy | Add, root: Path, visible: set[str] | None) -> list[str]:
