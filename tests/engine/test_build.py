@@ -211,3 +211,10 @@ def test_a_failing_stage_fails_the_build_of_parallel_stages(
     assert result.exit_code == 1
     assert "Dockerfile:5: RUN exit 7 failed with exit code 7" in result.stderr
     assert "app:parfail" not in invoke("images").stdout
+
+
+def test_run_mounts_are_refused_not_ignored(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:base\nRUN --mount=type=cache,target=/c true\n")
+    result = CliRunner().invoke(cli, ["build", str(ctx)])
+    assert result.exit_code == 1
+    assert "Dockerfile:2: RUN --mount is not supported by kiln's engine yet" in result.stderr

@@ -429,6 +429,12 @@ class _Run:
     def run_step(self, state: _State, step: Step, rootfs: Path) -> None:
         instruction = step.instruction
         assert isinstance(instruction, Run)
+        if instruction.mounts:
+            raise self.error(
+                instruction,
+                "RUN --mount is not supported by kiln's engine yet",
+                "remove the mount, or build this Dockerfile with BuildKit for now",
+            )
         args = _run_args(instruction, state.config)
         env = [f"{k}={v}" for k, v in step.env] + [f"{k}={v}" for k, v in self.plan.proxy_env]
         cwd = rootfs / step.workdir.lstrip("/")
