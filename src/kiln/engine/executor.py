@@ -119,7 +119,11 @@ class Builder:
         self.snapshots = Snapshots(store)
         self.output = output
         (store.root / "work").mkdir(exist_ok=True)
-        self.kind = snapshotter(store.root / "work", output)
+
+    @property
+    def kind(self) -> str:
+        """The snapshotter, probed on first use: a fully cached build never mounts."""
+        return snapshotter(self.store.root / "work", self.output)
 
     def build(self, request: BuildRequest) -> StoredImage:
         dockerfile_path = request.dockerfile or request.context / "Dockerfile"
