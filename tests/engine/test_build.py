@@ -218,3 +218,23 @@ def test_run_mounts_are_refused_not_ignored(kiln_root: Path, tmp_path: Path) -> 
     result = CliRunner().invoke(cli, ["build", str(ctx)])
     assert result.exit_code == 1
     assert "Dockerfile:2: RUN --mount is not supported by kiln's engine yet" in result.stderr
+
+
+def test_a_fully_cached_rebuild_gives_the_same_image(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b.txt\nENV X=1\n",
+        {"a.txt": "a\n"},
+    )
+
+    def image_id() -> str:
+        return invoke("build", "-q", "-t", "app:same", str(ctx)).stdout.strip()
+
+    first = image_id()
+    assert image_id() == first
+    config = json.loads((kiln_root / "blobs" / "sha256" / first[7:]).read_text())
+    new_entries = config["history"][1:]
+    assert {h["created"] for h in new_entries} == {config["created"]}
+    assert {h["comment"] for h in new_entries} == {"buildkit.dockerfile.v0"}
+    (ctx / "a.txt").write_text("changed\n")
+    assert image_id() != first

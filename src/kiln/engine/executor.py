@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -139,7 +140,7 @@ class Builder:
         with self.store.writing(), _workspace(self.store.root) as work:
             run = _Run(self, plan, request, ignore, work, str(dockerfile_path))
             state = run.execute()
-            return self._commit(state, request)
+            return self._commit(state, request, run.build_time())
 
     def _resolve_base(self, name: str, platform: Platform) -> BaseImageConfig | None:
         try:
@@ -149,11 +150,16 @@ class Builder:
         config = from_oci(image.config.get("config") or {})
         return BaseImageConfig(config.env, config.working_dir, config.user, config.onbuild)
 
-    def _commit(self, state: _State, request: BuildRequest) -> StoredImage:
+    def _commit(self, state: _State, request: BuildRequest, built: float) -> StoredImage:
+        """The image: its config and this build's history entries dated ``built``, so that a
+        build whose every step came from the cache gives the same image again (as BuildKit)."""
         config = state.config
         if request.labels:
             config = replace(config, labels={**config.labels, **request.labels})
-        created = _now()
+        created = _timestamp(built)
+        for entry in state.history:
+            if entry.get("created") is None:
+                entry["created"] = created
         image_config = {
             "architecture": state.platform.architecture,
             "os": state.platform.os,
@@ -214,9 +220,19 @@ class _Run:
         self.states: dict[int, _State] = {}
         self.total = sum(len(s.steps) for s in plan.stages)
         self.done = 0
+        self.started = time.time()
+        self.fresh = False  # whether any step ran rather than came from the cache
+        self.cached_times: list[float] = []
         self.counter = threading.Lock()
         self.current = threading.local()  # .number: the step this thread is running
         self.failed = threading.Event()
+
+    def build_time(self) -> float:
+        """When this image was built: now, or, if every step came from the cache, when the
+        build that made those layers ran."""
+        if self.fresh or not self.cached_times:
+            return self.started
+        return max(self.cached_times)
 
     def execute(self) -> _State:
         """Every stage once all it depends on is built; independent stages in parallel."""
@@ -307,7 +323,7 @@ class _Run:
                 return  # BuildKit records a trigger in the config only, not in the history
             command = state.config.cmd if isinstance(instruction, Cmd) else state.config.entrypoint
             text = created_by(instruction, command=command or ())
-            state.history.append({"created": _now(), "created_by": text, "empty_layer": True})
+            state.history.append(_entry(text, empty_layer=True))
 
     def layer_step(
         self,
@@ -319,14 +335,18 @@ class _Run:
         """Run ``action`` on an overlay of ``state``'s layers and commit what it changed,
         unless the cache has the layer a step with the same key made."""
         key = sha256_digest(canonical_json({"parent": state.key, **key_parts}))
-        entry: dict[str, object] = {"created": _now(), "created_by": self.history_text(state, step)}
+        entry = _entry(self.history_text(state, step))
         cached = None if self.request.no_cache else self.store.cached_layer(key)
         if cached is not None:
             self.builder.output(f"#{self.current.number} CACHED")
-            self.add_layer(state, entry, *cached)
+            diff_id, size, built = cached
+            with self.counter:
+                self.cached_times.append(built)
+            self.add_layer(state, entry, diff_id, size)
         else:
             diff_id, size = self.run_on_overlay(state, step, action)
-            self.store.remember_layer(key, diff_id, size)
+            self.store.remember_layer(key, diff_id, size, self.started)
+            self.fresh = True
             self.add_layer(state, entry, diff_id, size)
         state.key = key
 
@@ -597,8 +617,21 @@ class _Run:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _timestamp(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _entry(created_by: str, *, empty_layer: bool = False) -> dict[str, object]:
+    """A history entry of this build; its date is set when the image is committed."""
+    entry: dict[str, object] = {
+        "created": None,
+        "created_by": created_by,
+        "comment": "buildkit.dockerfile.v0",
+    }
+    if empty_layer:
+        entry["empty_layer"] = True
+    return entry
 
 
 def _run_args(instruction: Run, config: ImageConfig) -> list[str]:

@@ -195,19 +195,21 @@ class Store:
 
     # -- build cache
 
-    def cached_layer(self, key: str) -> tuple[str, int] | None:
-        """(diff_id, size) a step with this key made before ('' for no layer), if still here."""
+    def cached_layer(self, key: str) -> tuple[str, int, float] | None:
+        """(diff_id, size, time of the build that made it) of a step with this key ('' for
+        no layer), if its layer is still here."""
         with self._db_lock:
-            row = self.db.execute("SELECT layer, size FROM cache WHERE key = ?", (key,)).fetchone()
+            row = self.db.execute(
+                "SELECT layer, size, created FROM cache WHERE key = ?", (key,)
+            ).fetchone()
         if row is None or (row[0] and not self.has_blob(row[0])):
             return None
-        return str(row[0]), int(row[1])
+        return str(row[0]), int(row[1]), float(row[2])
 
-    def remember_layer(self, key: str, diff_id: str, size: int) -> None:
+    def remember_layer(self, key: str, diff_id: str, size: int, created: float) -> None:
         with self._db_lock:
             self.db.execute(
-                "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)",
-                (key, diff_id, size, time.time()),
+                "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)", (key, diff_id, size, created)
             )
 
     # -- images and tags
