@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +48,14 @@ def parse_output(spec: str) -> Output:
     return Output(kind, Path(fields["dest"]))
 
 
-def export(store: Store, image: StoredImage, output: Output) -> None:
+def _name(image: StoredImage, tags: Sequence[str]) -> str:
+    """What to save the image as: the build's first tag (it may have older ones), or its ID."""
+    return tags[0] if tags else image.manifest_digest
+
+
+def export(store: Store, image: StoredImage, output: Output, tags: Sequence[str] = ()) -> None:
     """Write ``image`` to ``output``; a partial result never stays behind."""
-    name = image.tags[0] if image.tags else image.manifest_digest
+    name = _name(image, tags)
     archive = output.type == "docker" or (output.type == "oci" and output.dest.suffix == ".tar")
     if archive:
         partial = output.dest.with_name(output.dest.name + ".partial")
@@ -100,12 +106,12 @@ def _rootfs(store: Store, image: StoredImage, dest: Path) -> None:
         raise OutputError(f"cannot write the root filesystem to {dest}: {result.stderr.strip()}")
 
 
-def load_into_docker(store: Store, image: StoredImage) -> list[str]:
+def load_into_docker(store: Store, image: StoredImage, tags: Sequence[str] = ()) -> list[str]:
     """``--load``: the image into the Docker engine ``DOCKER_HOST`` names; its tags back."""
     import docker  # a tenth of a second to import: only when loading
     from docker.errors import DockerException
 
-    name = image.tags[0] if image.tags else image.manifest_digest
+    name = _name(image, tags)
     try:
         client = docker.from_env()
         with tempfile.TemporaryFile() as archive:

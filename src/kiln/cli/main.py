@@ -350,10 +350,10 @@ def build_command(
     store = _store()
     image = Builder(store, output).build(request)
     for destination in exports:
-        export(store, image, destination)
+        export(store, image, destination, tags)
         output(f"exported to {destination.type}:{destination.dest}")
     if load:
-        for name in load_into_docker(store, image):
+        for name in load_into_docker(store, image, tags):
             output(f"Loaded image: {name}")
     if iidfile is not None:
         iidfile.write_text(image.id)
