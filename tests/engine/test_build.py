@@ -238,3 +238,29 @@ def test_a_fully_cached_rebuild_gives_the_same_image(kiln_root: Path, tmp_path: 
     assert {h["comment"] for h in new_entries} == {"buildkit.dockerfile.v0"}
     (ctx / "a.txt").write_text("changed\n")
     assert image_id() != first
+
+
+def test_copy_link_layers_survive_a_new_base(
+    kiln_root: Path, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    other = tmp_path / "other-rootfs"
+    shutil.copytree(busybox_rootfs, other, symlinks=True)
+    (other / "etc" / "other-base").write_text("yes\n")
+    invoke("import", str(other), "busybox:other")
+    ctx = context(
+        tmp_path,
+        "ARG BASE=busybox:base\nFROM ${BASE}\nCOPY --link --chown=nobody a.txt /data/a.txt\n"
+        "RUN cat /data/a.txt > /b.txt\n",
+        {"a.txt": "a\n"},
+    )
+    first = CliRunner().invoke(cli, ["build", "-t", "app:link", str(ctx)]).stderr
+    assert "CACHED" not in first
+    second = (
+        CliRunner()
+        .invoke(cli, ["build", "-t", "app:link", "--build-arg", "BASE=busybox:other", str(ctx)])
+        .stderr
+    )
+    assert second.count("CACHED") == 1  # the linked COPY; the RUN sees a new base
+    rootfs = unpack(kiln_root, "link", tmp_path)
+    assert (rootfs / "etc" / "other-base").exists() and (rootfs / "b.txt").read_text() == "a\n"
+    assert (rootfs / "data" / "a.txt").stat().st_uid == 65534

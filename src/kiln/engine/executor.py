@@ -264,6 +264,7 @@ class _Run:
             with self.counter:
                 self.done += 1
                 self.current.number = self.done
+            self.current.state = state
             self.builder.output(
                 f"#{self.current.number} [{label} {self.current.number}/{self.total}] "
                 f"{step.instruction.source}"
@@ -333,8 +334,14 @@ class _Run:
         key_parts: dict[str, object],
     ) -> None:
         """Run ``action`` on an overlay of ``state``'s layers and commit what it changed,
-        unless the cache has the layer a step with the same key made."""
-        key = sha256_digest(canonical_json({"parent": state.key, **key_parts}))
+        unless the cache has the layer a step with the same key made.
+
+        ``COPY --link`` makes a layer of its own: written into an empty directory, keyed
+        without its parent, so it stays cached whatever changes below it.
+        """
+        linked = isinstance(step.instruction, Copy) and step.instruction.link
+        parent = "link" if linked else state.key
+        key = sha256_digest(canonical_json({"parent": parent, **key_parts}))
         entry = _entry(self.history_text(state, step))
         cached = None if self.request.no_cache else self.store.cached_layer(key)
         if cached is not None:
@@ -344,11 +351,31 @@ class _Run:
                 self.cached_times.append(built)
             self.add_layer(state, entry, diff_id, size)
         else:
-            diff_id, size = self.run_on_overlay(state, step, action)
+            run = self.run_linked if linked else self.run_on_overlay
+            diff_id, size = run(state, step, action)
             self.store.remember_layer(key, diff_id, size, self.started)
             self.fresh = True
             self.add_layer(state, entry, diff_id, size)
-        state.key = key
+        state.key = sha256_digest(f"{state.key} {key}".encode()) if linked else key
+
+    def run_linked(
+        self, state: _State, step: Step, action: Callable[[_State, Step, Path], None]
+    ) -> tuple[str, int]:
+        """(diff_id, size) of ``action`` run on an empty directory: a ``--link`` layer."""
+        upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.snapshots.root))
+        upper.chmod(0o755)
+        try:
+            action(state, step, upper)
+            if not any(upper.iterdir()):
+                return "", 0
+            digest, size = self.store.put_blob_stream(
+                lambda out: write_dir_layer(upper, out)  # type: ignore[arg-type]
+            )
+            self.snapshots.adopt(upper, digest)
+            return digest, size
+        finally:
+            if upper.exists():
+                shutil.rmtree(upper, ignore_errors=True)
 
     def history_text(self, state: _State, step: Step) -> str:
         instruction = step.instruction
@@ -548,11 +575,26 @@ class _Run:
     def owner(self, instruction: Copy | Add, rootfs: Path) -> tuple[int, int]:
         if not instruction.chown:
             return (0, 0)
+        if isinstance(instruction, Copy) and instruction.link:
+            rootfs = self.accounts_view(instruction)  # names come from the image below
         try:
             user = resolve_user(rootfs, instruction.chown)
         except KilnError as err:
             raise self.error(instruction, str(err)) from None
         return user.uid, user.gid
+
+    def accounts_view(self, instruction: Copy) -> Path:
+        """A directory with the current image's /etc/passwd and /etc/group, for --link."""
+        view = self.work / f"accounts-{uuid.uuid4().hex[:8]}"
+        (view / "etc").mkdir(parents=True)
+        state = self.current.state
+        for name in ("passwd", "group"):
+            for layer in reversed(state.layers):
+                found = self.snapshots.get(layer.digest) / "etc" / name
+                if found.is_file():
+                    shutil.copyfile(found, view / "etc" / name)
+                    break
+        return view
 
     @contextmanager
     def source_mount(self, instruction: Copy) -> Iterator[Path]:
