@@ -346,15 +346,17 @@ def build_command(
         isolation=isolation,
     )
     output = printer("quiet" if quiet else progress)
-
     store = _store()
-    image = Builder(store, output).build(request)
-    for destination in exports:
-        export(store, image, destination, tags)
-        output(f"exported to {destination.type}:{destination.dest}")
-    if load:
-        for name in load_into_docker(store, image, tags):
-            output(f"Loaded image: {name}")
+    try:
+        image = Builder(store, output).build(request)
+        for destination in exports:
+            export(store, image, destination, tags)
+            output(f"exported to {destination.type}:{destination.dest}")
+        if load:
+            for name in load_into_docker(store, image, tags):
+                output(f"Loaded image: {name}")
+    finally:
+        output.close()
     if iidfile is not None:
         iidfile.write_text(image.id)
     if quiet:

@@ -3,38 +3,112 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import click
 
+if TYPE_CHECKING:
+    from rich.console import Group
+
 MODES = ("auto", "plain", "quiet")
+_TAIL = 5
 
 
-def printer(mode: str) -> Callable[[str], None]:
-    """A sink for the builder's progress lines.
+class Progress(Protocol):
+    def __call__(self, line: str) -> None: ...
 
-    ``plain`` writes them as they come; ``auto`` styles them with rich on a terminal (step
-    headers bold, CACHED green, step output dimmed) and is ``plain`` elsewhere.
-    """
-    if mode == "quiet":
-        return lambda line: None
-    if mode == "plain" or not sys.stderr.isatty():
-        return lambda line: click.echo(line, err=True)
-    from rich.console import Console
-    from rich.markup import escape
+    def close(self) -> None: ...
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-    def styled(line: str) -> None:
-        text = escape(line)
-        _, _, rest = line.partition(" ")
+class _Plain:
+    """Lines as they come (``plain``, and ``auto`` off a terminal)."""
+
+    def __call__(self, line: str) -> None:
+        click.echo(line, err=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _Quiet:
+    def __call__(self, line: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Step:
+    number: str
+    header: str
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    cached: bool = False
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL))
+
+
+class _Live:
+    """A rich live view: every step with its state and time, the running ones with the last
+    lines of their output; printed in full once the build ends."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(stderr=True, highlight=False)
+        self.steps: dict[str, _Step] = {}
+        self.notes: list[str] = []
+        self.live = Live(console=self.console, refresh_per_second=8, transient=False)
+        self.live.start()
+
+    def __call__(self, line: str) -> None:
+        number, _, rest = line.partition(" ")
         if not line.startswith("#"):
-            console.print(text)
-        elif rest == "CACHED":
-            console.print(f"[green]{text}[/]")
+            self.notes.append(line)
         elif rest.startswith("["):
-            console.print(f"[bold]{text}[/]")
-        else:
-            console.print(f"[dim]{text}[/]")
+            label = rest.split(" ", 2)[1] if " " in rest else rest
+            for step in self.steps.values():  # the stage's previous step is done
+                if step.finished is None and step.header.split(" ", 2)[1:2] == [label]:
+                    step.finished = time.monotonic()
+            self.steps[number] = _Step(number, rest)
+        elif number in self.steps:
+            step = self.steps[number]
+            if rest == "CACHED":
+                step.cached, step.finished = True, time.monotonic()
+            else:
+                step.tail.append(rest)
+        self.live.update(self._render())
 
-    return styled
+    def _render(self) -> Group:
+        from rich.console import Group
+        from rich.text import Text
+
+        rows: list[Text] = [Text(note, style="yellow") for note in self.notes]
+        for step in self.steps.values():
+            end = step.finished or time.monotonic()
+            state = "CACHED" if step.cached else f"{end - step.started:5.1f}s"
+            style = "green" if step.cached else ("bold" if step.finished is None else "")
+            rows.append(Text(f"{step.number} {step.header}  {state}", style=style))
+            if step.finished is None:
+                rows.extend(Text(f"    {line}", style="dim") for line in step.tail)
+        return Group(*rows)
+
+    def close(self) -> None:
+        now = time.monotonic()
+        for step in self.steps.values():
+            step.finished = step.finished or now
+        self.live.update(self._render())
+        self.live.stop()
+
+
+def printer(mode: str) -> Progress:
+    """A sink for the builder's progress lines, as ``--progress`` asks."""
+    if mode == "quiet":
+        return _Quiet()
+    if mode == "plain" or not sys.stderr.isatty():
+        return _Plain()
+    return _Live()
