@@ -213,13 +213,6 @@ def test_a_failing_stage_fails_the_build_of_parallel_stages(
     assert "app:parfail" not in invoke("images").stdout
 
 
-def test_run_mounts_are_refused_not_ignored(kiln_root: Path, tmp_path: Path) -> None:
-    ctx = context(tmp_path, "FROM busybox:base\nRUN --mount=type=cache,target=/c true\n")
-    result = CliRunner().invoke(cli, ["build", str(ctx)])
-    assert result.exit_code == 1
-    assert "Dockerfile:2: RUN --mount is not supported by kiln's engine yet" in result.stderr
-
-
 def test_a_fully_cached_rebuild_gives_the_same_image(kiln_root: Path, tmp_path: Path) -> None:
     ctx = context(
         tmp_path,
@@ -264,3 +257,49 @@ def test_copy_link_layers_survive_a_new_base(
     rootfs = unpack(kiln_root, "link", tmp_path)
     assert (rootfs / "etc" / "other-base").exists() and (rootfs / "b.txt").read_text() == "a\n"
     assert (rootfs / "data" / "a.txt").stat().st_uid == 65534
+
+
+def test_run_mounts_cache_bind_tmpfs_and_secret(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\n"
+        "RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/log "
+        "&& wc -l < /var/cache/app/log > /runs\n"
+        "RUN --mount=type=bind,source=data.txt,target=/mnt/data.txt cat /mnt/data.txt > /copied\n"
+        "RUN --mount=type=tmpfs,target=/scratch touch /scratch/x && ls /scratch > /tmpfs\n"
+        "RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /secret-size\n",
+        {"data.txt": "data\n"},
+    )
+    secret = tmp_path / "token.txt"
+    secret.write_text("hunter2")
+    build = ["build", "-t", "app:mounts", "--secret", f"id=token,src={secret}", str(ctx)]
+    invoke(*build)
+    invoke(*build[:-1], "--no-cache", str(ctx))  # the cache mount keeps what it holds
+    rootfs = unpack(kiln_root, "mounts", tmp_path)
+    assert (rootfs / "runs").read_text().strip() == "2"
+    assert (rootfs / "copied").read_text() == "data\n"
+    assert (rootfs / "tmpfs").read_text() == "x\n"
+    assert (rootfs / "secret-size").read_text().strip() == "7"  # len("hunter2")
+    for path in ("var/cache/app", "mnt", "scratch", "run/secrets", "var/cache"):
+        assert not (rootfs / path).exists(), path  # mount points never land in a layer
+    blobs = kiln_root / "blobs" / "sha256"
+    assert not any(b"hunter2" in blob.read_bytes() for blob in blobs.iterdir())
+
+
+def test_a_missing_required_secret_is_an_error(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:base\nRUN --mount=type=secret,id=key,required true\n")
+    result = CliRunner().invoke(cli, ["build", str(ctx)])
+    assert result.exit_code == 1
+    assert "Dockerfile:2: secret key is required but was not given" in result.stderr
+
+
+def test_a_bind_mounted_file_is_part_of_the_cache_key(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\nRUN --mount=type=bind,source=data.txt,target=/d cat /d > /out\n",
+        {"data.txt": "one\n"},
+    )
+    invoke("build", "-t", "app:bindkey", str(ctx))
+    (ctx / "data.txt").write_text("two\n")
+    assert "CACHED" not in CliRunner().invoke(cli, ["build", "-t", "app:bindkey", str(ctx)]).stderr
+    assert (unpack(kiln_root, "bindkey", tmp_path) / "out").read_text() == "two\n"

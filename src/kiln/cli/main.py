@@ -115,6 +115,20 @@ def check_command(
         sys.exit(1)
 
 
+def _parse_secrets(values: tuple[str, ...]) -> dict[str, Path]:
+    """``id=NAME,src=FILE`` (``source=`` too), as docker build takes them."""
+    secrets: dict[str, Path] = {}
+    for value in values:
+        fields = dict(field.partition("=")[::2] for field in value.split(","))
+        name, source = fields.get("id", ""), fields.get("src") or fields.get("source", "")
+        if not name or not source:
+            raise KilnError(f"--secret {value!r}: expected id=NAME,src=FILE")
+        if not Path(source).is_file():
+            raise KilnError(f"--secret {name}: {source} is not a readable file")
+        secrets[name] = Path(source)
+    return secrets
+
+
 def _parse_build_args(values: tuple[str, ...]) -> dict[str, str]:
     """``NAME=VALUE`` pairs; a bare ``NAME`` takes its value from the environment (as docker)."""
     args: dict[str, str] = {}
@@ -292,6 +306,10 @@ def load_command(source: Path) -> None:
 @click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
 @click.option("--no-cache", is_flag=True, help="Build every step afresh.")
 @click.option(
+    "--secret", "secrets", multiple=True, metavar="id=NAME,src=FILE",
+    help="A secret for RUN --mount=type=secret (never stored in the image).",
+)  # fmt: skip
+@click.option(
     "-o",
     "--output",
     "outputs",
@@ -319,6 +337,7 @@ def build_command(
     labels: tuple[str, ...],
     network: str,
     no_cache: bool,
+    secrets: tuple[str, ...],
     outputs: tuple[str, ...],
     load: bool,
     quiet: bool,
@@ -344,6 +363,7 @@ def build_command(
         network=network,
         no_cache=no_cache,
         isolation=isolation,
+        secrets=_parse_secrets(secrets),
     )
     output = printer("quiet" if quiet else progress)
     store = _store()

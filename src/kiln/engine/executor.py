@@ -9,7 +9,9 @@ whiteouts turned into OCI ones) and, renamed, the snapshot of that layer.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import os
 import shutil
@@ -52,9 +54,10 @@ from kiln.dockerfile.instructions import (
     Run,
     Workdir,
 )
+from kiln.dockerfile.mounts import Mount
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
 from kiln.engine.history import created_by
-from kiln.engine.runtime import ProcessSpec, resolve_user, run
+from kiln.engine.runtime import ProcessSpec, RuntimeMount, resolve_user, run
 from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.engine.snapshotter import mounted, snapshotter
 from kiln.errors import DockerfileError, KilnError
@@ -92,6 +95,7 @@ class BuildRequest:
     network: str = "host"
     no_cache: bool = False
     isolation: str | None = None  # "oci" or "chroot"; None: oci where runc is installed
+    secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=NAME,src=FILE
 
 
 @dataclass
@@ -432,8 +436,25 @@ class _Run:
             "workdir": step.workdir,
             "network": instruction.network,
             "security": instruction.security,
-            "mounts": [repr(m) for m in instruction.resolved_mounts],
+            "mounts": [self.mount_key(m) for m in instruction.resolved_mounts],
         }
+
+    def mount_key(self, mount: Mount) -> str:
+        """A mount in a RUN's cache key: for a bind, what it binds (context files' digests,
+        or the stage's key) as well as how; caches, tmpfs and secrets only by how."""
+        if mount.type != "bind":
+            return repr(mount)
+        if mount.from_:
+            found = self.plan.dockerfile.stage(mount.from_)
+            origin = self.states[found.index].key if found and found.index in self.states else (
+                self.store.resolve(mount.from_)
+            )  # fmt: skip
+            return f"{mount!r} {origin}"
+        source = os.path.normpath("/" + mount.source).lstrip("/")
+        files = hashlib.sha256()
+        for e in self.context_under(source):
+            files.update(f"{e.path}\0{e.kind}\0{e.mode}\0{e.digest}\0{e.link_target}\n".encode())
+        return f"{mount!r} {files.hexdigest()}"
 
     def copy_key(self, step: Step) -> dict[str, object]:
         """What a COPY or ADD reads: its files' digests (not mtimes), or the source stage."""
@@ -480,14 +501,26 @@ class _Run:
     def run_step(self, state: _State, step: Step, rootfs: Path) -> None:
         instruction = step.instruction
         assert isinstance(instruction, Run)
-        if instruction.mounts:
-            raise self.error(
-                instruction,
-                "RUN --mount is not supported by kiln's engine yet",
-                "remove the mount, or build this Dockerfile with BuildKit for now",
-            )
         args = _run_args(instruction, state.config)
         env = [f"{k}={v}" for k, v in step.env] + [f"{k}={v}" for k, v in self.plan.proxy_env]
+        with ExitStack() as stack:
+            mounts = tuple(
+                self.runtime_mount(instruction, mount, stack, env)
+                for mount in instruction.resolved_mounts
+            )
+            self.run_process(state, step, rootfs, args, env, [m for m in mounts if m])
+
+    def run_process(
+        self,
+        state: _State,
+        step: Step,
+        rootfs: Path,
+        args: list[str],
+        env: list[str],
+        mounts: list[RuntimeMount],
+    ) -> None:
+        instruction = step.instruction
+        assert isinstance(instruction, Run)
         cwd = rootfs / step.workdir.lstrip("/")
         cwd.mkdir(parents=True, exist_ok=True)
         tail: list[str] = []
@@ -500,7 +533,9 @@ class _Run:
             self.builder.output(f"#{number} {text}")
 
         network = instruction.network if instruction.network != "default" else self.request.network
-        spec = ProcessSpec(args, env, step.workdir, state.config.user, network)
+        spec = ProcessSpec(
+            args, env, step.workdir, state.config.user, network, mounts=tuple(mounts)
+        )
         bundle = self.work / f"bundle-{uuid.uuid4().hex[:8]}"
         status = run(rootfs, spec, bundle, output, self.request.isolation)
         if status != 0:
@@ -510,6 +545,65 @@ class _Run:
                 f"RUN {' '.join(args[2:] if instruction.shell_form else args)!s} "
                 f"failed with exit code {status}" + (f": {last}" if last else ""),
             )
+
+    def runtime_mount(
+        self, instruction: Run, mount: Mount, stack: ExitStack, env: list[str]
+    ) -> RuntimeMount | None:
+        """What a ``RUN --mount`` gives the process; None for a secret that is absent (and
+        not required) or exposed as a variable only."""
+        target = mount.target
+        if mount.type == "cache":
+            key = mount.cache_id or target
+            directory = self.store.root / "cache-mounts" / sha256_digest(key.encode())[7:39]
+            if not directory.exists():
+                directory.mkdir(parents=True)
+                os.chmod(directory, mount.mode if mount.mode is not None else 0o755)
+                os.chown(directory, mount.uid or 0, mount.gid or 0)
+            if mount.sharing == "locked":
+                lock = stack.enter_context(open(directory.with_suffix(".lock"), "w"))  # noqa: SIM115
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            return RuntimeMount(target, "bind", str(directory), ("rbind", "rw"))
+        if mount.type == "tmpfs":
+            size = (f"size={mount.size_limit}",) if mount.size_limit else ()
+            return RuntimeMount(target, "tmpfs", "tmpfs", ("nosuid", "nodev", *size))
+        if mount.type == "bind":
+            if mount.from_:
+                root = stack.enter_context(self.stage_mount(instruction, mount.from_))
+            else:
+                root = self.request.context
+            source = root / os.path.normpath("/" + mount.source).lstrip("/")
+            if not os.path.lexists(source):
+                raise self.error(instruction, f"RUN --mount: {mount.source or '/'} not found")
+            if not mount.readonly:  # writes to a bind mount are thrown away, as BuildKit does
+                scratch = self.work / f"rw-{uuid.uuid4().hex[:8]}"
+                subprocess.run(["cp", "-a", "--", str(source), str(scratch)], check=True)
+                source = scratch
+            return RuntimeMount(
+                target, "bind", str(source), ("rbind", "ro" if mount.readonly else "rw")
+            )
+        if mount.type == "secret":
+            name = mount.cache_id or os.path.basename(target)
+            secret = self.request.secrets.get(name)
+            if secret is None:
+                if mount.required:
+                    raise self.error(
+                        instruction,
+                        f"secret {name} is required but was not given",
+                        "pass it with --secret id=" + name + ",src=FILE",
+                    )
+                return None
+            if mount.env:
+                env.append(f"{mount.env}={secret.read_text().rstrip(chr(10))}")
+                if not target:
+                    return None
+            copy = self.work / f"secret-{uuid.uuid4().hex[:8]}"
+            shutil.copyfile(secret, copy)
+            os.chmod(copy, mount.mode if mount.mode is not None else 0o400)
+            os.chown(copy, mount.uid or 0, mount.gid or 0)
+            return RuntimeMount(
+                target or f"/run/secrets/{name}", "bind", str(copy), ("rbind", "ro")
+            )
+        raise self.error(instruction, f"RUN --mount=type={mount.type} is not supported by kiln yet")
 
     def workdir_step(self, state: _State, step: Step, rootfs: Path) -> None:
         instruction = step.instruction
@@ -596,18 +690,22 @@ class _Run:
                     break
         return view
 
+    def source_mount(self, instruction: Copy) -> contextlib.AbstractContextManager[Path]:
+        """The filesystem of the stage or image a ``COPY --from`` reads."""
+        return self.stage_mount(instruction, instruction.from_)
+
     @contextmanager
-    def source_mount(self, instruction: Copy) -> Iterator[Path]:
-        """The filesystem of the stage or image a ``COPY --from`` reads, mounted read-only."""
-        found = self.plan.dockerfile.stage(instruction.from_)
+    def stage_mount(self, instruction: Instruction, name: str) -> Iterator[Path]:
+        """The filesystem of a stage or an image (``--from``), mounted for the block."""
+        found = self.plan.dockerfile.stage(name)
         if found is not None and found.index in self.states:
             layers = self.states[found.index].layers
         else:
             try:
-                layers = self.store.image(instruction.from_).layers
+                layers = self.store.image(name).layers
             except KilnError:
                 raise self.error(
-                    instruction, f"COPY --from: image {instruction.from_!r} is not in kiln's store"
+                    instruction, f"--from: image {name!r} is not in kiln's store"
                 ) from None
         target = self.work / f"from-{uuid.uuid4().hex[:8]}"
         target.mkdir()

@@ -36,6 +36,16 @@ class ContainerError(KilnError):
 
 
 @dataclass(frozen=True)
+class RuntimeMount:
+    """An extra mount for the process (``RUN --mount``): a bind or a tmpfs."""
+
+    destination: str
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     """What to run, as whom, where, with which environment."""
 
@@ -45,6 +55,7 @@ class ProcessSpec:
     user: str = ""
     network: str = "host"  # "host" or "none"
     hostname: str = "kiln"
+    mounts: tuple[RuntimeMount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,10 +126,13 @@ def run(
     if isolation == "oci" and not runtime_available():
         raise ContainerError("runc is not installed: install it, or use --isolation chroot")
     bundle.mkdir(parents=True, exist_ok=True)
-    created = [p for p in _MOUNT_POINTS if not os.path.lexists(rootfs / p)]
+    if spec.mounts and isolation != "oci":
+        raise ContainerError("RUN --mount needs the oci isolation (runc)")
+    points = [*_MOUNT_POINTS, *(m.destination.strip("/") for m in spec.mounts)]
+    created = _missing(rootfs, points)
     parents = {
         parent: os.lstat(rootfs / parent).st_mtime_ns
-        for parent in {os.path.dirname(p) for p in created} - {""}
+        for parent in {os.path.dirname(p) for p in created} - set(created) - {""}
         if os.path.isdir(rootfs / parent)
     }
     (bundle / "hosts").write_text(
@@ -163,9 +177,9 @@ def _make_mount_stubs(rootfs: Path, created: list[str]) -> None:
     for relative in created:
         path = rootfs / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        if relative.startswith("etc/"):
+        if relative in ("etc/hosts", "etc/resolv.conf"):
             path.touch()
-        else:
+        elif not path.exists():
             path.mkdir()
 
 
@@ -182,9 +196,22 @@ def _chroot_spec(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> d
     }
 
 
+def _missing(rootfs: Path, points: list[str]) -> list[str]:
+    """Every mount point, and every directory above one, that does not exist yet."""
+    missing: set[str] = set()
+    for point in points:
+        parts = point.split("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if not os.path.lexists(rootfs / prefix):
+                missing.add(prefix)
+    return sorted(missing)
+
+
 def _remove_mount_stubs(rootfs: Path, created: list[str]) -> None:
-    """Mount points runc had to create: gone again, if they are still empty stubs."""
-    for relative in sorted(created, key=len, reverse=True):
+    """Mount points (and directories above them) made for the run: gone again, deepest first,
+    if they are still empty stubs."""
+    for relative in sorted(created, key=lambda p: p.count("/"), reverse=True):
         path = rootfs / relative
         try:
             if path.is_dir() and not path.is_symlink():
@@ -193,10 +220,6 @@ def _remove_mount_stubs(rootfs: Path, created: list[str]) -> None:
                 path.unlink()
         except OSError:
             continue
-    etc = rootfs / "etc"
-    if "etc/hosts" in created and "etc/resolv.conf" in created:
-        with contextlib.suppress(OSError):
-            etc.rmdir()  # created only to hold the two mount points
 
 
 def _config(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[str, object]:
@@ -264,6 +287,15 @@ def _config(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[s
                 "source": str(bundle / "resolv.conf"),
                 "options": ["rbind", "ro"],
             },
+            *(
+                {
+                    "destination": m.destination,
+                    "type": m.type,
+                    "source": m.source,
+                    "options": list(m.options),
+                }
+                for m in spec.mounts
+            ),
         ],
         "linux": {
             "namespaces": namespaces,
