@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from kiln.context import DigestCache, PatternMatcher, scan_context
+from kiln.context import scan as scan_module
 
 
 def generate(root: Path, files: int, total_bytes: int, seed: int = 7) -> int:
@@ -82,8 +83,13 @@ def main() -> None:
         fresh.close()
         timed("re-scan (unchanged)", root, cache, None)
         timed("re-scan (unchanged)", root, cache, None)
+        changed = next(path for path in root.rglob("*") if path.is_file())
+        changed.write_bytes(changed.read_bytes()[::-1])
+        timed("re-scan (one file changed)", root, cache, None)
         ignore = PatternMatcher(["pkg1*", "!pkg12/mod3"])
         timed("re-scan with .dockerignore", root, cache, ignore)
+        scan_module.FIND = "/nonexistent"  # where no GNU find is installed
+        timed("re-scan, Python walk", root, cache, None)
         cache.close()
 
 

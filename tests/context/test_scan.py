@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from kiln.context import DigestCache, PatternMatcher, scan_context
+from kiln.context import ContextScan, DigestCache, PatternMatcher, scan_context
+from kiln.context import scan as scan_module
 from kiln.context.scan import RACY_WINDOW_NS
 from kiln.errors import ContextError
+
+
+@pytest.fixture(autouse=True, params=["find", "python"])
+def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with GNU find doing the stat walk, and with the Python walk that
+    replaces it where find is missing."""
+    if request.param == "python":
+        monkeypatch.setattr(scan_module, "FIND", "/nonexistent/find")
+    return str(request.param)
 
 
 def make(root: Path, files: dict[str, str]) -> None:
@@ -165,7 +176,107 @@ def test_rows_of_vanished_files_are_pruned(tmp_path: Path, cache: DigestCache) -
     scan_context(root, cache=cache)
     (root / "b.txt").unlink()
     scan_context(root, cache=cache)
-    assert sorted(cache.load(root.resolve())) == [str(root.resolve() / "a.txt")]
+    remembered = cache.lookup(str(root.resolve()))
+    assert remembered is not None
+    assert [row[0] for row in remembered.entries] == ["a.txt"]
+    assert b"b.txt" not in remembered.walk
+
+
+def test_an_unchanged_listing_reuses_the_last_snapshot(tmp_path: Path, cache: DigestCache) -> None:
+    root = tmp_path / "ctx"
+    make(root, {"a.txt": "a", "d/b.txt": "b"})
+    (root / "l").symlink_to("d/b.txt")
+    age(root)
+    first = scan_context(root, cache=cache)
+    assert cache.listing(str(root.resolve())) != ""
+
+    def no_parsing(listing: bytes) -> None:
+        raise AssertionError("an unchanged listing was parsed again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scan_module, "_records", no_parsing)
+        second = scan_context(root, cache=cache)
+    assert second.entries == first.entries and second.hashed_files == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda root: (root / "a.txt").chmod(0o600),
+        lambda root: os.chown(root / "a.txt", 1234, 1234),
+        lambda root: (root / "new.txt").write_text("n"),
+        lambda root: (root / "d" / "b.txt").unlink(),
+        lambda root: os.utime(root / "a.txt", (1, 1)),
+    ],
+    ids=["chmod", "chown", "new file", "removed file", "mtime"],
+)
+def test_every_kind_of_change_shows_in_the_next_snapshot(
+    tmp_path: Path, cache: DigestCache, change: object
+) -> None:
+    root = tmp_path / "ctx"
+    make(root, {"a.txt": "a", "d/b.txt": "b"})
+    age(root)
+    scan_context(root, cache=cache)
+    change(root)  # type: ignore[operator]
+    fresh = scan_context(root)  # no cache at all
+    assert scan_context(root, cache=cache).entries == fresh.entries
+
+
+def test_changed_patterns_do_not_reuse_the_last_snapshot(
+    tmp_path: Path, cache: DigestCache
+) -> None:
+    root = tmp_path / "ctx"
+    make(root, {"a.txt": "a", "b.log": "b"})
+    age(root)
+    assert len(scan_context(root, PatternMatcher(["*.log"]), cache)) == 1
+    assert len(scan_context(root, PatternMatcher(["*.txt"]), cache)) == 1
+    assert [e.path for e in scan_context(root, None, cache)] == ["a.txt", "b.log"]
+
+
+def test_entries_carry_the_exact_stat_of_every_path(tmp_path: Path) -> None:
+    root = tmp_path / "ctx"
+    make(root, {"with space.txt": "s", "new\nline": "n", "d/x": "x", "suid": "#!"})
+    (root / "suid").chmod(0o4755)
+    (root / "d").chmod(0o1777)
+    (root / "link to").symlink_to("target with space")
+    os.utime(root / "d" / "x", ns=(0, -315619199_750000000))  # before 1970
+    os.utime(root / "suid", ns=(0, 1_700_000_000_123456789))
+    os.chown(root / "d" / "x", 4242, 4343)
+    for entry in scan_context(root):
+        st = os.lstat(root / entry.path)
+        assert (entry.mode, entry.size, entry.mtime_ns, entry.uid, entry.gid) == (
+            st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
+        ), entry.path  # fmt: skip
+    link = scan_context(root).get("link to")
+    assert link is not None and link.link_target == "target with space"
+
+
+def test_find_and_python_walks_give_the_same_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, walker: str
+) -> None:
+    root = tmp_path / "ctx"
+    make(root, {"a/b/c.txt": "c", "a/keep.md": "k", "node_modules/x/y.js": "y", "z.log": "z"})
+    (root / "a" / "link").symlink_to("../z.log")
+    os.mkfifo(root / "a" / "fifo")
+    os.utime(root / "z.log", ns=(0, -315619199_750000000))
+    matcher = PatternMatcher(["node_modules", "*.log", "a", "!a/keep.md"])
+    ours = scan_context(root, matcher)
+    with ContextScan(root, matcher) as scan:
+        listing = scan._listing()
+    monkeypatch.setattr(scan_module, "FIND", "find" if walker == "python" else "/nonexistent")
+    assert scan_context(root, matcher).entries == ours.entries
+    with ContextScan(root, matcher) as scan:
+        assert scan._listing() == listing  # byte for byte: a cache made by one serves both
+    assert [e.path for e in ours] == ["a", "a/keep.md"]
+
+
+def test_find_prunes_plainly_excluded_directories(tmp_path: Path) -> None:
+    root = tmp_path / "ctx"
+    make(root, {"node_modules/m.js": "", "build/out/o": "", "src/a.c": ""})
+    matcher = PatternMatcher(["node_modules", "build/*", "*.tmp", "src", "!src/a.c"])
+    with ContextScan(root, matcher) as scan:
+        pruned = scan._prune_expression()
+    assert pruned == ["(", "-path", f"{root.resolve()}/node_modules", ")", "-prune", "-o"]
 
 
 def test_a_fifo_is_recorded_but_never_read(tmp_path: Path) -> None:
@@ -180,3 +291,24 @@ def test_a_fifo_is_recorded_but_never_read(tmp_path: Path) -> None:
 def test_context_must_be_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ContextError, match="not a directory"):
         scan_context(tmp_path / "missing")
+
+
+def test_gnu_find_does_the_walk_where_it_is_installed(tmp_path: Path, walker: str) -> None:
+    make(tmp_path / "ctx", {"a": "a"})
+    with ContextScan(tmp_path / "ctx") as scan:
+        _, listing = scan._listing()
+        assert listing.endswith(b" a\0\0")
+        assert (scan._find is not None and scan._find.returncode == 0) == (walker == "find")
+
+
+def test_a_cache_of_another_layout_is_started_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "context.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE contexts (root TEXT PRIMARY KEY, entries BLOB)")
+    old.commit()
+    old.close()
+    root = tmp_path / "ctx"
+    make(root, {"a": "a"})
+    age(root)
+    assert scan_context(root, cache=DigestCache(path)).hashed_files == 1
+    assert scan_context(root, cache=DigestCache(path)).hashed_files == 0

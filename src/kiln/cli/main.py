@@ -347,44 +347,51 @@ def build_command(
     context: Path,
 ) -> None:
     """Build an image from a Dockerfile and a context, with no daemon."""
-    from kiln.engine.executor import Builder, BuildRequest
-    from kiln.outputs import export, load_into_docker, parse_output
+    from kiln.context import ContextScan, load_ignore
 
-    for tag in tags:
-        Reference.parse(tag)  # a bad tag or output fails before the build, not after
-    exports = [parse_output(spec) for spec in outputs]
-    request = BuildRequest(
-        context=context,
-        dockerfile=file,
-        tags=tags,
-        build_args=_parse_build_args(build_args),
-        target=target,
-        labels=dict(label.partition("=")[::2] for label in labels),
-        network=network,
-        no_cache=no_cache,
-        isolation=isolation,
-        secrets=_parse_secrets(secrets),
-    )
-    output = printer("quiet" if quiet else progress)
-    store = _store()
-    try:
-        image = Builder(store, output).build(request)
-        for destination in exports:
-            export(store, image, destination, tags)
-            output(f"exported to {destination.type}:{destination.dest}")
-        if load:
-            for name in load_into_docker(store, image, tags):
-                output(f"Loaded image: {name}")
-    finally:
-        output.close()
-    if iidfile is not None:
-        iidfile.write_text(image.id)
-    if quiet:
-        click.echo(image.id)
-    else:
-        click.echo(f"Successfully built {image.id}", err=True)
-        for tag in image.tags:
-            click.echo(f"Successfully tagged {Reference.parse(tag).familiar}", err=True)
+    # The context's stat walk starts first: it runs on another core while kiln imports.
+    ignore = load_ignore(context, file or context / "Dockerfile")
+    scan = ContextScan(context, ignore.matcher if ignore else None)
+
+    with scan:
+        from kiln.engine.executor import Builder, BuildRequest
+        from kiln.outputs import export, load_into_docker, parse_output
+
+        for tag in tags:
+            Reference.parse(tag)  # a bad tag or output fails before the build, not after
+        exports = [parse_output(spec) for spec in outputs]
+        request = BuildRequest(
+            context=context,
+            dockerfile=file,
+            tags=tags,
+            build_args=_parse_build_args(build_args),
+            target=target,
+            labels=dict(label.partition("=")[::2] for label in labels),
+            network=network,
+            no_cache=no_cache,
+            isolation=isolation,
+            secrets=_parse_secrets(secrets),
+        )
+        output = printer("quiet" if quiet else progress)
+        store = _store()
+        try:
+            image = Builder(store, output).build(request, scan)
+            for destination in exports:
+                export(store, image, destination, tags)
+                output(f"exported to {destination.type}:{destination.dest}")
+            if load:
+                for name in load_into_docker(store, image, tags):
+                    output(f"Loaded image: {name}")
+        finally:
+            output.close()
+        if iidfile is not None:
+            iidfile.write_text(image.id)
+        if quiet:
+            click.echo(image.id)
+        else:
+            click.echo(f"Successfully built {image.id}", err=True)
+            for tag in image.tags:
+                click.echo(f"Successfully tagged {Reference.parse(tag).familiar}", err=True)
 
 
 @cli.command("run", context_settings={"allow_interspersed_args": False})

@@ -17,14 +17,15 @@ from kiln.context.patterns import (
 )
 from kiln.context.scan import (
     ContextEntry,
+    ContextScan,
     ContextSnapshot,
     DigestCache,
-    context_paths,
     scan_context,
 )
 
 __all__ = [
     "ContextEntry",
+    "ContextScan",
     "ContextSnapshot",
     "DigestCache",
     "IgnorePattern",
@@ -34,7 +35,6 @@ __all__ = [
     "PatternError",
     "PatternMatcher",
     "clean_path",
-    "context_paths",
     "find_ignore_file",
     "load_ignore",
     "match_glob",

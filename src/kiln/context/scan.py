@@ -1,9 +1,15 @@
 """Scanning a build context: what is in it, and a content digest for every file.
 
-The walk visits only what it must: an excluded directory is pruned unless an exception
-pattern could re-include something below it, and symlinks are recorded, never followed.
-Digests are kept in a ``DigestCache`` keyed by (device, inode, size, mtime, ctime), so a
-re-scan of an unchanged context costs one ``lstat`` per entry and no reads.
+A scan is two passes. The stat walk lists every path with its stat; it runs as GNU
+``find`` in a child process (on another core, while kiln goes on importing and planning),
+or in Python where no GNU find is installed. Then kiln keeps what ``.dockerignore`` lets
+through and gives every file a digest.
+
+Digests are remembered in a ``DigestCache`` with the stat they were taken under (device,
+inode, size, mtime, ctime), so a re-scan reads no file whose stat is unchanged; and when the
+whole listing is byte for byte the one of the last scan, the last snapshot is taken as it is.
+The walk never follows symlinks, and prunes excluded directories where no exception pattern
+could re-include something below them.
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ import marshal
 import os
 import sqlite3
 import stat
+import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from types import TracebackType
+from typing import IO, NamedTuple
 
 from kiln.config import default_root
 from kiln.context.patterns import MatchInfo, PatternMatcher
@@ -28,6 +38,18 @@ _LARGE_FILE = 1 << 20
 # A file changed this recently may change again within the same timestamp tick, so its
 # stat is no proof its content is the one hashed: hash it, but do not cache the digest.
 RACY_WINDOW_NS = 2_000_000_000
+# One record per path: type, device, inode, size, mtime, ctime, permission bits, owner,
+# group, path below the root; then the link target (empty unless a symlink).
+_FIND_FORMAT = "%y %D %i %s %T@ %C@ %m %U %G %P\\0%l\\0"
+_KINDS = {b"f": "file", b"d": "dir", b"l": "symlink"}
+_TYPE_BITS = {
+    b"f": stat.S_IFREG, b"d": stat.S_IFDIR, b"l": stat.S_IFLNK, b"p": stat.S_IFIFO,
+    b"s": stat.S_IFSOCK, b"c": stat.S_IFCHR, b"b": stat.S_IFBLK,
+}  # fmt: skip
+_TYPE_LETTERS = {bits: letter for letter, bits in _TYPE_BITS.items()}
+_CACHE_FORMAT = "kiln-context-2"
+_SCHEMA_VERSION = 2
+FIND = "find"  # GNU findutils; where it is missing or fails, the walk is done in Python
 
 
 class ContextEntry(NamedTuple):
@@ -78,11 +100,31 @@ class ContextSnapshot:
         return "sha256:" + h.hexdigest()
 
 
-class DigestCache:
-    """File digests remembered across runs, in SQLite; safe for concurrent processes.
+# A ContextEntry as a plain tuple, the form the cache stores.
+Row = tuple[str, str, int, int, int, int, int, str, str]
+# One path as the stat walk lists it: its stat fields and path, and its link target.
+Record = tuple[bytes, bytes]
 
-    One row per context root holds all of its entries, marshalled: loading 20,000 digests
-    is then one read, not 20,000 rows.
+
+def _entry(row: Row) -> ContextEntry:
+    """A row as an entry, without the named tuple's slower ``_make``."""
+    return tuple.__new__(ContextEntry, row)
+
+
+class Remembered(NamedTuple):
+    """What the cache holds for a context root: the digest of the listing its scan walked
+    ("" when that scan saw a racy file), the snapshot's entries (a file's digest "" where
+    it must be taken again), the listing itself, and the position of each entry in it."""
+
+    listing: str
+    entries: list[Row]
+    walk: bytes
+    positions: list[int]
+
+
+class DigestCache:
+    """The last scan of every context (root and ignore patterns), in SQLite; safe for
+    concurrent processes. One row per scan, marshalled: 20,000 digests are one read.
     """
 
     def __init__(self, path: Path | None = None) -> None:
@@ -91,28 +133,285 @@ class DigestCache:
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS contexts (root TEXT PRIMARY KEY, entries BLOB)")
+        if self._version() != _SCHEMA_VERSION:
+            self._start_afresh()
+
+    def _version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _start_afresh(self) -> None:
+        """Replace the tables of another version of kiln (or none) with this one's."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._version() != _SCHEMA_VERSION:  # unless another process just did
+                tables = self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                for (table,) in tables.fetchall():
+                    self.db.execute(f'DROP TABLE "{table}"')
+                self.db.execute(
+                    "CREATE TABLE scans (scan TEXT PRIMARY KEY, listing TEXT, entries BLOB,"
+                    " walk BLOB, positions BLOB)"
+                )
+                self.db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
 
-    def load(self, root: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Every cached (stat key, digest) under ``root``, by absolute path."""
-        row = self.db.execute("SELECT entries FROM contexts WHERE root = ?", (str(root),))
+    def listing(self, scan: str) -> str:
+        """The listing digest remembered for a scan (see ``ContextScan.key``; "" if none)."""
+        row = self.db.execute("SELECT listing FROM scans WHERE scan = ?", (scan,))
+        found = row.fetchone()
+        return str(found[0]) if found else ""
+
+    def lookup(self, scan: str, *, walk: bool = True) -> Remembered | None:
+        """What is remembered for a scan (its entries only, unless ``walk``)."""
+        columns = "listing, entries, walk, positions" if walk else "listing, entries, x'', NULL"
+        row = self.db.execute(f"SELECT {columns} FROM scans WHERE scan = ?", (scan,))
         found = row.fetchone()
         if found is None:
-            return {}
+            return None
         try:
-            entries = marshal.loads(found[0])
+            positions = marshal.loads(found[3]) if walk else []
+            return Remembered(found[0], marshal.loads(found[1]), bytes(found[2]), positions)
         except (EOFError, ValueError, TypeError):
-            return {}  # written by another version: start afresh
-        return entries if isinstance(entries, dict) else {}
+            return None  # written by another version: start afresh
 
-    def save(self, root: Path, entries: dict[str, tuple[tuple[int, ...], str]]) -> None:
-        """Replace what is remembered for ``root``."""
+    def remember(self, scan: str, remembered: Remembered) -> None:
+        """Replace what is remembered for a scan."""
+        entries, positions = marshal.dumps(remembered.entries), marshal.dumps(remembered.positions)
         self.db.execute(
-            "INSERT OR REPLACE INTO contexts VALUES (?, ?)", (str(root), marshal.dumps(entries))
+            "INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?)",
+            (scan, remembered.listing, entries, remembered.walk, positions),
         )
+
+    def confirm(self, scan: str, listing: str) -> None:
+        """Record that what is remembered for a scan holds for this listing too."""
+        self.db.execute("UPDATE scans SET listing = ? WHERE scan = ?", (listing, scan))
+
+
+class ContextScan:
+    """A scan of ``root``, started at once: the stat walk runs in the background until
+    ``snapshot`` needs it. Use as a context manager, or call ``close``."""
+
+    def __init__(self, root: Path, ignore: PatternMatcher | None = None) -> None:
+        self.root = root.resolve()
+        if not self.root.is_dir():
+            raise ContextError(f"build context {self.root} is not a directory")
+        self.ignore = ignore if ignore is not None and ignore.patterns else None
+        patterns = "\n".join(p.text for p in self.ignore.patterns) if self.ignore else ""
+        # What the cache keeps a scan under: contexts shared by Dockerfiles with ignore
+        # files of their own keep one scan for each.
+        self.key = f"{self.root}\0{patterns}" if patterns else str(self.root)
+        self._prefix = str(self.root) + "/"
+        self._output: IO[bytes] | None = None
+        self._find: subprocess.Popen[bytes] | None = None
+        self._writer: threading.Thread | None = None
+        self._result: ContextSnapshot | None = None
+        try:
+            self._output = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+            command = [FIND, str(self.root), "-mindepth", "1", *self._prune_expression()]
+            self._find = subprocess.Popen(
+                [*command, "-printf", _FIND_FORMAT],
+                stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        except OSError:
+            self._find = None  # no find here: the Python walk will do
+
+    def __enter__(self) -> ContextScan:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the walk if it still runs, and finish writing the cache."""
+        if self._find is not None and self._find.poll() is None:
+            self._find.kill()
+        if self._find is not None:
+            self._find.wait()
+        if self._output is not None:
+            self._output.close()
+        if self._writer is not None:
+            self._writer.join()
+        self._find, self._output, self._writer = None, None, None
+
+    def snapshot(self, cache: DigestCache | None = None) -> ContextSnapshot:
+        """Every entry after .dockerignore, with digests (taken once per scan). What the
+        cache should remember of it is written in the background, until ``close``."""
+        if self._result is None:
+            self._result = self._snapshot(cache)
+        return self._result
+
+    def _snapshot(self, cache: DigestCache | None) -> ContextSnapshot:
+        listing, data = self._listing()
+        if cache is not None and cache.listing(self.key) == listing:
+            remembered = cache.lookup(self.key, walk=False)
+            if remembered is not None:
+                entries = tuple(map(_entry, remembered.entries))
+                return ContextSnapshot(self.root, entries, 0, 0)
+        records = _records(data)
+        previous = cache.lookup(self.key) if cache is not None else None
+        known: dict[Record, Row] = {}
+        if previous is not None:
+            try:
+                before = _records(previous.walk)
+                pairs = zip(previous.positions, previous.entries, strict=True)
+                known = {before[n]: row for n, row in pairs}
+            except (IndexError, ValueError):
+                known = {}  # not the cache this version writes: hash everything again
+        rows: list[Row] = []
+        for record in records:
+            row = known.get(record)
+            if row is None or (row[1] == "file" and not row[7]):
+                row = _parse(record)
+            rows.append(row)
+        kept = self._select(rows)
+        to_hash = [i for i in kept if rows[i][1] == "file" and not rows[i][7]]
+        for i, digest in zip(to_hash, self._hash([rows[i] for i in to_hash]), strict=True):
+            rows[i] = (*rows[i][:7], digest, rows[i][8])
+        kept.sort(key=lambda i: rows[i][0])
+        snapshot = ContextSnapshot(
+            self.root,
+            tuple(_entry(rows[i]) for i in kept),
+            len(to_hash),
+            sum(rows[i][3] for i in to_hash),
+        )
+        if cache is not None:
+            racy_since = time.time_ns() - RACY_WINDOW_NS
+            for i in to_hash:  # their stat proves nothing yet: hash them again next time
+                if rows[i][4] >= racy_since:
+                    rows[i] = (*rows[i][:7], "", rows[i][8])
+                    listing = ""
+            remembered = Remembered(listing, [rows[i] for i in kept], data, kept)
+            self._writer = threading.Thread(
+                target=_remember, args=(cache.path, self.key, remembered, previous)
+            )
+            self._writer.start()
+        return snapshot
+
+    # -- the stat walk
+
+    def _pruned(self) -> list[str]:
+        """The directories the walk skips: those a plain pattern excludes and that no
+        exception can reach into (the rest is left to ``_select``)."""
+        ignore = self.ignore
+        if ignore is None:
+            return []
+        return [
+            pattern.cleaned
+            for pattern in ignore.patterns
+            if not pattern.exclusion
+            and not set("*?[\\") & set(pattern.cleaned)
+            and not pattern.cleaned.startswith(("/", ".."))
+            and pattern.cleaned != "."
+            and ignore.matches(pattern.cleaned)
+            and not ignore.may_include_under(pattern.cleaned)
+        ]
+
+    def _prune_expression(self) -> list[str]:
+        """``_pruned`` as find arguments."""
+        tests: list[str] = []
+        for path in self._pruned():
+            tests += [*(["-o"] if tests else []), "-path", _find_literal(self._prefix + path)]
+        return ["(", *tests, ")", "-prune", "-o"] if tests else []
+
+    def _listing(self) -> tuple[str, bytes]:
+        """The walk's listing, and a digest of it with the patterns it is filtered by."""
+        listing = hashlib.sha256(f"{_CACHE_FORMAT}\n{self.key}\0".encode())
+        if self._find is not None and self._find.wait() == 0 and self._output is not None:
+            self._output.seek(0)
+            data = self._output.read()
+        else:
+            data = self._walk()
+        listing.update(data)
+        return listing.hexdigest(), data
+
+    def _walk(self) -> bytes:
+        """The stat walk in Python, where no GNU find ran: the very listing find's
+        ``-printf`` gives (same order, same pruning), and errors that name the path."""
+        pruned = set(self._pruned())
+        found: list[bytes] = []
+        stack = [("", self._children(""))]
+        while stack:
+            directory, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                continue
+            path = f"{directory}/{child.name}" if directory else child.name
+            try:
+                st = child.stat(follow_symlinks=False)
+                target = os.readlink(child.path) if stat.S_ISLNK(st.st_mode) else ""
+            except OSError as err:
+                raise ContextError(f"cannot stat {child.path}: {err.strerror}") from None
+            if path in pruned and stat.S_ISDIR(st.st_mode):
+                continue
+            found.append(_record(path, st, target))
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((path, self._children(path)))
+        return b"".join(found)
+
+    def _children(self, directory: str) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(self._prefix + directory) as listing:
+                return iter(list(listing))
+        except OSError as err:
+            message = f"cannot read {self._prefix}{directory}: {err.strerror}"
+            raise ContextError(message) from None
+
+    def _select(self, rows: list[Row]) -> list[int]:
+        """The indexes of the rows .dockerignore lets through, deciding as BuildKit's walker
+        does: a directory excluded but walked for its exceptions is kept only if something
+        below it is."""
+        ignore = self.ignore
+        if ignore is None:
+            return list(range(len(rows)))
+        walked: dict[str, MatchInfo] = {"": MatchInfo()}
+        withheld: dict[str, int] = {}  # excluded directories walked for exceptions
+        kept: list[int] = []
+        for i, (path, kind, *_) in enumerate(rows):  # parents come before their children
+            parent = path.rpartition("/")[0]
+            info = walked.get(parent)
+            if info is None:
+                continue  # below a pruned directory
+            excluded, info = ignore.match_in_dir(path, info)
+            if kind == "dir" and (not excluded or ignore.may_include_under(path)):
+                walked[path] = info
+                if excluded:
+                    withheld[path] = i
+                    continue
+            if excluded:
+                continue
+            kept.append(i)
+            while parent in withheld:
+                kept.append(withheld.pop(parent))
+                parent = parent.rpartition("/")[0]
+        return kept
+
+    # -- digests
+
+    def _hash(self, rows: list[Row]) -> list[str]:
+        """Digests of these files: large ones in threads (hashlib drops the GIL on big
+        buffers), small ones inline, where a thread hand-off would cost more than the hash."""
+        paths = [self._prefix + row[0] for row in rows]
+        digests = [""] * len(rows)
+        large = [n for n, row in enumerate(rows) if row[3] >= _LARGE_FILE]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            pending = {n: pool.submit(_hash_file, paths[n]) for n in large}
+            for n, path in enumerate(paths):
+                if n not in pending:
+                    digests[n] = _hash_file(path)
+            for n, future in pending.items():
+                digests[n] = future.result()
+        return digests
 
 
 def scan_context(
@@ -121,141 +420,69 @@ def scan_context(
     cache: DigestCache | None = None,
 ) -> ContextSnapshot:
     """Walk ``root`` (minus what ``ignore`` excludes) and digest every file."""
-    root = root.resolve()
-    if not root.is_dir():
-        raise ContextError(f"build context {root} is not a directory")
-    walker = _Walker(str(root) + "/", ignore)
-    walker.walk("", MatchInfo())
-    found = walker.found
-    known = cache.load(root) if cache else {}
-    digests: list[str] = [""] * len(found)
-    to_hash: list[int] = []
-    for i, item in enumerate(found):
-        if item.kind == "file":
-            cached = known.get(walker.prefix + item.path)
-            if cached is not None and cached[0] == _stat_key(item.st):
-                digests[i] = cached[1]
-            else:
-                to_hash.append(i)
-        elif item.kind == "symlink":
-            digests[i] = "sha256:" + hashlib.sha256(os.fsencode(item.link_target)).hexdigest()
-    now = time.time_ns()
-    stored: list[tuple[str, tuple[int, ...], str]] = []
-    if to_hash:
-        paths = [walker.prefix + found[i].path for i in to_hash]
-        # Large files are hashed in threads (hashlib drops the GIL on big buffers); small
-        # ones inline, where a thread hand-off would cost more than the hash.
-        large = [n for n, i in enumerate(to_hash) if found[i].st.st_size >= _LARGE_FILE]
-        hashed: list[str] = [""] * len(paths)
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            pending = {n: pool.submit(_hash_file, paths[n]) for n in large}
-            for n, path in enumerate(paths):
-                if n not in pending:
-                    hashed[n] = _hash_file(path)
-            for n, future in pending.items():
-                hashed[n] = future.result()
-        for i, path, digest in zip(to_hash, paths, hashed, strict=True):
-            digests[i] = digest
-            if found[i].st.st_mtime_ns < now - RACY_WINDOW_NS:
-                stored.append((path, _stat_key(found[i].st), digest))
-    files = sum(1 for item in found if item.kind == "file")
-    if cache and (to_hash or files != len(known)):
-        remembered = {
-            walker.prefix + item.path: (_stat_key(item.st), digests[i])
-            for i, item in enumerate(found)
-            if item.kind == "file"
-        }
-        unsettled = {walker.prefix + found[i].path for i in to_hash} - {p for p, _, _ in stored}
-        for path in unsettled:
-            del remembered[path]
-        if remembered != known:
-            cache.save(root, remembered)
-    entries = sorted(
-        (item.entry(digest) for item, digest in zip(found, digests, strict=True)),
-        key=lambda e: e.path,
-    )
-    hashed_bytes = sum(found[i].st.st_size for i in to_hash)
-    return ContextSnapshot(root, tuple(entries), len(to_hash), hashed_bytes)
+    with ContextScan(root, ignore) as scan:
+        return scan.snapshot(cache)
 
 
-def context_paths(root: Path, ignore: PatternMatcher | None = None) -> set[str]:
-    """The paths of the context a build may read, after .dockerignore, without hashing."""
-    walker = _Walker(str(root.resolve()) + "/", ignore)
-    walker.walk("", MatchInfo())
-    return {item.path for item in walker.found}
-
-
-class _Found(NamedTuple):
-    path: str
-    kind: str
-    st: os.stat_result
-    link_target: str = ""
-
-    def entry(self, digest: str) -> ContextEntry:
-        st = self.st
-        return ContextEntry(
-            self.path, self.kind, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
-            digest, self.link_target,
-        )  # fmt: skip
-
-
-class _Walker:
-    """Collects what the context holds; prunes excluded directories when it may."""
-
-    def __init__(self, prefix: str, ignore: PatternMatcher | None) -> None:
-        self.prefix = prefix
-        self.ignore = ignore if ignore is not None and ignore.patterns else None
-        self.found: list[_Found] = []
-
-    def walk(self, directory: str, info: MatchInfo) -> None:
+def _remember(path: Path, scan: str, remembered: Remembered, previous: Remembered | None) -> None:
+    """Write what a scan found, from a thread of its own while the build goes on. The cache
+    only saves work: if it cannot be written, the next scan hashes again."""
+    try:
+        cache = DigestCache(path)
         try:
-            with os.scandir(self.prefix + directory) as listing:
-                children = list(listing)  # in any order: the snapshot is sorted at the end
-        except OSError as err:
-            raise ContextError(f"cannot read {self.prefix}{directory}: {err.strerror}") from None
-        for child in children:
-            path = f"{directory}/{child.name}" if directory else child.name
-            excluded, child_info = False, info
-            if self.ignore is not None:
-                excluded, child_info = self.ignore.match_in_dir(path, info)
-            try:
-                st = child.stat(follow_symlinks=False)
-            except OSError as err:
-                raise ContextError(f"cannot stat {child.path}: {err.strerror}") from None
-            if stat.S_ISDIR(st.st_mode):
-                self.walk_dir(path, st, excluded, child_info)
-            elif not excluded:
-                self.add(path, st)
-
-    def walk_dir(self, path: str, st: os.stat_result, excluded: bool, info: MatchInfo) -> None:
-        if not excluded:
-            self.add(path, st)
-            self.walk(path, info)
-        elif self.ignore is not None and self.ignore.may_include_under(path):
-            position = len(self.found)
-            self.walk(path, info)
-            if len(self.found) > position:  # something below was re-included: keep its parent
-                self.found.insert(position, _Found(path, "dir", st))
-
-    def add(self, path: str, st: os.stat_result) -> None:
-        mode = st.st_mode
-        if stat.S_ISREG(mode):
-            self.found.append(_Found(path, "file", st))
-        elif stat.S_ISDIR(mode):
-            self.found.append(_Found(path, "dir", st))
-        elif stat.S_ISLNK(mode):
-            try:
-                target = os.readlink(self.prefix + path)
-            except OSError as err:
-                message = f"cannot read link {self.prefix}{path}: {err.strerror}"
-                raise ContextError(message) from None
-            self.found.append(_Found(path, "symlink", st, target))
-        else:
-            self.found.append(_Found(path, "other", st))
+            unchanged = previous is not None and previous[1:] == remembered[1:]
+            if not unchanged:
+                cache.remember(scan, remembered)
+            elif remembered.listing:
+                cache.confirm(scan, remembered.listing)
+        finally:
+            cache.close()
+    except (sqlite3.Error, OSError):
+        pass
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def _records(listing: bytes) -> list[Record]:
+    fields = listing.split(b"\0")
+    return list(zip(fields[0:-1:2], fields[1::2], strict=True))
+
+
+def _record(path: str, st: os.stat_result, link_target: str) -> bytes:
+    """A path as find's ``-printf`` lists it (see _FIND_FORMAT)."""
+    kind = _TYPE_LETTERS.get(stat.S_IFMT(st.st_mode), b"?")
+    mtime, ctime = divmod(st.st_mtime_ns, 1_000_000_000), divmod(st.st_ctime_ns, 1_000_000_000)
+    fields = (
+        f" {st.st_dev} {st.st_ino} {st.st_size} {mtime[0]}.{mtime[1]:09d}0 {ctime[0]}."
+        f"{ctime[1]:09d}0 {stat.S_IMODE(st.st_mode):o} {st.st_uid} {st.st_gid} "
+    )
+    return b"".join(
+        (kind, fields.encode(), os.fsencode(path), b"\0", os.fsencode(link_target), b"\0")
+    )
+
+
+def _parse(record: Record) -> Row:
+    """The entry a record gives (without a digest if it is a file)."""
+    fields, link = record
+    kind, _dev, _ino, size, mtime, _ctime, perm, uid, gid, path = fields.split(b" ", 9)
+    name = _KINDS.get(kind, "other")
+    link_target = os.fsdecode(link)
+    digest = "sha256:" + hashlib.sha256(link).hexdigest() if name == "symlink" else ""
+    mode = _TYPE_BITS.get(kind, 0) | int(perm, 8)
+    return (
+        os.fsdecode(path), name, mode, int(size), _nanoseconds(mtime), int(uid), int(gid),
+        digest, link_target,
+    )  # fmt: skip
+
+
+def _nanoseconds(seconds: bytes) -> int:
+    """find's ``%T@`` in nanoseconds, exactly: whole seconds (rounded down, so negative
+    before 1970) and a fraction that is always added."""
+    whole, _, fraction = seconds.partition(b".")
+    return int(whole) * 1_000_000_000 + int((fraction + b"000000000")[:9])
+
+
+def _find_literal(path: str) -> str:
+    """``path`` as a find ``-path`` pattern that matches only itself."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in path)
 
 
 def _hash_file(path: str) -> str:

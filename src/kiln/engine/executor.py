@@ -29,12 +29,12 @@ from pathlib import Path
 
 from kiln.context import (
     ContextEntry,
+    ContextScan,
     DigestCache,
     IgnoreRules,
     PatternMatcher,
     load_ignore,
     match_glob,
-    scan_context,
 )
 from kiln.dockerfile import BuildOptions, Platform, load_dockerfile, plan_build
 from kiln.dockerfile.config import (
@@ -130,21 +130,26 @@ class Builder:
         """The snapshotter, probed on first use: a fully cached build never mounts."""
         return snapshotter(self.store.root / "work", self.output)
 
-    def build(self, request: BuildRequest) -> StoredImage:
+    def build(self, request: BuildRequest, scan: ContextScan | None = None) -> StoredImage:
+        """Build ``request``. ``scan`` is a scan of its context the caller started early
+        (the CLI does, so that the walk overlaps its imports); it is closed here."""
         dockerfile_path = request.dockerfile or request.context / "Dockerfile"
-        document = load_dockerfile(dockerfile_path, display_name=str(dockerfile_path))
-        plan = plan_build(
-            document,
-            BuildOptions(build_args=dict(request.build_args), target=request.target),
-            self._resolve_base,
-        )
-        for warning in plan.warnings:
-            self.output(f"warning: {warning}")
         ignore = load_ignore(request.context, dockerfile_path)
-        with self.store.writing(), _workspace(self.store.root) as work:
-            run = _Run(self, plan, request, ignore, work, str(dockerfile_path))
-            state = run.execute()
-            return self._commit(state, request, run.build_time())
+        if scan is None:
+            scan = ContextScan(request.context, ignore.matcher if ignore else None)
+        with scan:
+            document = load_dockerfile(dockerfile_path, display_name=str(dockerfile_path))
+            plan = plan_build(
+                document,
+                BuildOptions(build_args=dict(request.build_args), target=request.target),
+                self._resolve_base,
+            )
+            for warning in plan.warnings:
+                self.output(f"warning: {warning}")
+            with self.store.writing(), _workspace(self.store.root) as work:
+                run = _Run(self, plan, request, ignore, scan, work, str(dockerfile_path))
+                state = run.execute()
+                return self._commit(state, request, run.build_time())
 
     def _resolve_base(self, name: str, platform: Platform) -> BaseImageConfig | None:
         try:
@@ -200,14 +205,15 @@ class _Run:
         plan: BuildPlan,
         request: BuildRequest,
         ignore: IgnoreRules | None,
+        scan: ContextScan,
         work: Path,
         dockerfile: str,
     ) -> None:
-        self.context = scan_context(
-            request.context,
-            ignore.matcher if ignore else None,
-            DigestCache(builder.store.root / "cache" / "context.db"),
-        )
+        cache = DigestCache(builder.store.root / "cache" / "context.db")
+        try:
+            self.context = scan.snapshot(cache)
+        finally:
+            cache.close()
         self.context_paths = [entry.path for entry in self.context]
         # Without .dockerignore rules every path is visible: no need to check each one.
         self.visible: set[str] | None = (
