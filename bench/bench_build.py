@@ -13,6 +13,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -103,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=20_000)
     parser.add_argument("--megabytes", type=int, default=130)
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each rebuild")
     args = parser.parse_args()
     kiln = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "kiln")
     with tempfile.TemporaryDirectory(prefix="kiln-bench-", dir="/var/tmp") as scratch:
@@ -129,18 +131,27 @@ def main() -> None:
 
             changed = next((context / "src").rglob("*.py"))
             results = []
-            for label, prepare in (
-                ("cold build", lambda: None),
-                ("no-op rebuild", lambda: None),
-                ("one source file changed", lambda: changed.write_bytes(os.urandom(64))),
+            for label, prepare, repeat in (
+                ("cold build", lambda: None, 1),
+                ("no-op rebuild", lambda: None, args.repeat),
+                (
+                    "one source file changed",
+                    lambda: changed.write_bytes(os.urandom(64)),
+                    args.repeat,
+                ),
             ):
-                prepare()
-                buildkit_time = timed(buildkit)
-                kiln_time = timed(kiln_build)
-                results.append((label, kiln_time, buildkit_time))
+                kiln_times, buildkit_times = [], []
+                for _ in range(repeat):
+                    prepare()
+                    buildkit_times.append(timed(buildkit))
+                    kiln_times.append(timed(kiln_build))
+                results.append(
+                    (label, statistics.median(kiln_times), statistics.median(buildkit_times))
+                )
         finally:
             dockerd.stop()
     print(f"context: {args.files} files, {args.megabytes} MB; Dockerfile: 2 COPY, 2 RUN")
+    print(f"rebuilds: the median of {args.repeat} runs")
     print(f"{'':26} {'kiln':>8} {'BuildKit':>9} {'kiln/BuildKit':>14}")
     for label, kiln_time, buildkit_time in results:
         print(

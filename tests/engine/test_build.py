@@ -106,6 +106,36 @@ def test_deletions_become_whiteouts_and_replaced_dirs_opaque(
     assert not (rootfs / "bin" / "vi").exists() and not (rootfs / "keep").exists()
 
 
+def test_directory_copies_into_new_deleted_and_existing_directories(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    """A directory copied into a directory the step creates is written straight into the
+    layer; the result must be what copying through the overlay gives."""
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\nRUN mkdir -p /gone /kept && echo old > /gone/old && echo o > /kept/o\n"
+        "RUN rm -rf /gone\nCOPY src/ /gone/\nCOPY src/ /kept/\nCOPY src/ /deep/new/dir/\n",
+        {"src/a.txt": "a", "src/sub/b.txt": "b"},
+    )
+    (ctx / "src" / "sub").chmod(0o750)
+    os.utime(ctx / "src" / "sub" / "b.txt", (1_000_000_000, 1_000_000_000))
+    invoke("build", "-t", "app:copies", str(ctx))
+    *_, gone, kept, deep = layer_names(kiln_root, "copies")
+    assert {"gone", "gone/a.txt", "gone/sub/b.txt"} <= set(
+        gone
+    )  # the whiteout below hides /gone/old
+    assert "kept/.wh..wh..opq" not in kept
+    assert {"deep", "deep/new", "deep/new/dir", "deep/new/dir/sub/b.txt"} <= set(deep)
+    rootfs = unpack(kiln_root, "copies", tmp_path)
+    assert sorted(os.listdir(rootfs / "gone")) == ["a.txt", "sub"]
+    assert sorted(os.listdir(rootfs / "kept")) == ["a.txt", "o", "sub"]
+    for top in ("gone", "kept", "deep/new/dir"):
+        assert (rootfs / top / "sub" / "b.txt").read_text() == "b"
+        assert (rootfs / top / "sub").stat().st_mode & 0o777 == 0o750
+        assert (rootfs / top / "sub" / "b.txt").stat().st_mtime == 1_000_000_000
+    assert (rootfs / "deep" / "new").stat().st_mode & 0o777 == 0o755
+
+
 def test_a_failing_run_names_the_line_and_tags_nothing(kiln_root: Path, tmp_path: Path) -> None:
     ctx = context(tmp_path, "FROM busybox:base\nRUN echo before\nRUN echo oops && exit 3\n")
     result = CliRunner().invoke(cli, ["build", "-t", "app:broken", str(ctx)])

@@ -417,8 +417,17 @@ class _Run:
             merged = self.work / f"merged-{uuid.uuid4().hex[:8]}"
             merged.mkdir()
             lowers = [self.snapshots.get(layer.digest) for layer in state.layers]
-            with mounted(lowers, upper, work, merged, kind=self.builder.kind):
-                action(state, step, merged)
+            kind = self.builder.kind
+            # Directory copies into directories the step creates need no overlay: they are
+            # made in the upper dir once it is unmounted, at twice the speed (see _copy_tree).
+            self.current.into_upper = [] if kind == "overlay" else None
+            try:
+                with mounted(lowers, upper, work, merged, kind=kind):
+                    action(state, step, merged)
+                for source, target in self.current.into_upper or ():
+                    _cp_contents(source, upper / target)
+            finally:
+                self.current.into_upper = None
             shutil.rmtree(work, ignore_errors=True)
             if not any(upper.iterdir()):
                 return "", 0
@@ -645,6 +654,9 @@ class _Run:
                     "a directory and end with a /",
                 )
             unpack = isinstance(instruction, Add) and instruction.unpack is not False
+            # Only a lone source may be copied after the others (see run_on_overlay).
+            alone = len(sources) == 1 and not instruction.inline
+            into_upper = getattr(self.current, "into_upper", None) if alone else None
             exclude = PatternMatcher(list(instruction.excludes)) if instruction.excludes else None
             parents = isinstance(instruction, Copy) and instruction.parents
             for relative in sources:
@@ -666,8 +678,9 @@ class _Run:
                         kept = os.path.dirname(kept)
                     target_dest = "/".join(p for p in (dest.rstrip("/"), kept) if p) + "/"
                 _copy_tree(
-                    source_root, relative, rootfs, target_dest, owner, mode, visible, exclude
-                )
+                    source_root, relative, rootfs, target_dest, owner, mode, visible, exclude,
+                    into_upper,
+                )  # fmt: skip
             for inline in instruction.inline:
                 inline_target = dest + inline.name if dest.endswith("/") else dest
                 _write_inline(rootfs, inline_target, inline, owner, mode)
@@ -861,19 +874,33 @@ def _copy_tree(
     mode: int | None,
     visible: set[str] | None,
     exclude: PatternMatcher | None = None,
+    into_upper: list[tuple[Path, str]] | None = None,
 ) -> None:
     """Docker's COPY rules: a directory's contents go into dest; a file goes to dest, or
     into it when dest ends with / or is a directory. ``exclude`` (``--exclude``) patterns
-    match paths relative to the directory being copied."""
+    match paths relative to the directory being copied.
+
+    ``into_upper``, where given, takes a whole-directory copy into a directory this call
+    creates, to be done in the overlay's upper dir once it is unmounted: no lower layer
+    has anything below a new directory, so the upper dir gets what the overlay would have
+    put there (overlayfs makes the directory opaque if a lower layer had deleted it)."""
     source = root / relative if relative else root
     st = os.lstat(source)
     if stat.S_ISDIR(st.st_mode):
         target = dest.rstrip("/") or "/"
+        destination = rootfs / target.lstrip("/")
+        new = not os.path.lexists(destination)
         _makedirs(rootfs, target, owner)
         if visible is None and exclude is None and owner == (0, 0) and mode is None:
-            _cp_contents(source, rootfs / target.lstrip("/"))
+            # No symlink on the way: the directory is where it seems to be in the upper dir.
+            real = os.path.realpath(destination) == os.path.join(
+                os.path.realpath(rootfs), target.lstrip("/")
+            )
+            if into_upper is not None and new and real:
+                into_upper.append((source, target.lstrip("/")))
+            else:
+                _cp_contents(source, destination)
         else:
-            destination = rootfs / target.lstrip("/")
             _copy_contents(source, relative, destination, owner, mode, visible, exclude, "")
         return
     into_dir = dest.endswith("/") or (rootfs / dest.lstrip("/")).is_dir()

@@ -7,10 +7,7 @@ attributes (``security.capability`` among them) travel as PAX ``SCHILY.xattr`` r
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
-import lzma
 import os
 import shutil
 import stat
@@ -20,8 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, cast
-
-import zstandard
 
 from kiln.errors import KilnError
 
@@ -239,15 +234,26 @@ def _xattrs(path: Path) -> dict[str, str]:
 
 
 def open_decompressed(path: Path) -> IO[bytes]:
-    """A tar file, compressed with gzip, bzip2, xz or zstd or not at all, as a raw stream."""
+    """A tar file, compressed with gzip, bzip2, xz or zstd or not at all, as a raw stream.
+
+    The codecs are imported here, when one is needed: most commands never need one.
+    """
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic.startswith(b"\x1f\x8b"):
+        import gzip
+
         return cast(IO[bytes], gzip.open(path, "rb"))
     if magic.startswith(b"BZh"):
+        import bz2
+
         return bz2.open(path, "rb")
     if magic.startswith(b"\xfd7zXZ\x00"):
+        import lzma
+
         return lzma.open(path, "rb")
     if magic.startswith(b"\x28\xb5\x2f\xfd"):
+        import zstandard
+
         return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
     return open(path, "rb")
