@@ -207,19 +207,30 @@ def test_an_unchanged_listing_reuses_the_last_snapshot(tmp_path: Path, cache: Di
         lambda root: (root / "new.txt").write_text("n"),
         lambda root: (root / "d" / "b.txt").unlink(),
         lambda root: os.utime(root / "a.txt", (1, 1)),
+        lambda root: (root / "a.txt").write_text("A"),
+        lambda root: (root / "skip.log").write_text("changed but still ignored"),
+        lambda root: ((root / "l").unlink(), (root / "l").symlink_to("a.txt")),
+        lambda root: ((root / "a.txt").unlink(), (root / "a.txt").mkdir()),
+        lambda root: (root / "d" / "keep.log").write_text("k2"),
     ],
-    ids=["chmod", "chown", "new file", "removed file", "mtime"],
-)
+    ids=[
+        "chmod", "chown", "new file", "removed file", "mtime", "content", "ignored file",
+        "symlink retargeted", "file became a directory", "re-included file",
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("patterns", [[], ["*.log", "d", "!d/keep.log"]])
 def test_every_kind_of_change_shows_in_the_next_snapshot(
-    tmp_path: Path, cache: DigestCache, change: object
+    tmp_path: Path, cache: DigestCache, change: object, patterns: list[str]
 ) -> None:
     root = tmp_path / "ctx"
-    make(root, {"a.txt": "a", "d/b.txt": "b"})
+    make(root, {"a.txt": "a", "d/b.txt": "b", "skip.log": "s", "d/keep.log": "k"})
+    (root / "l").symlink_to("d/b.txt")
     age(root)
-    scan_context(root, cache=cache)
+    matcher = PatternMatcher(patterns)
+    scan_context(root, matcher, cache)
     change(root)  # type: ignore[operator]
-    fresh = scan_context(root)  # no cache at all
-    assert scan_context(root, cache=cache).entries == fresh.entries
+    fresh = scan_context(root, matcher)  # no cache at all
+    assert scan_context(root, matcher, cache).entries == fresh.entries
 
 
 def test_changed_patterns_do_not_reuse_the_last_snapshot(
@@ -312,3 +323,24 @@ def test_a_cache_of_another_layout_is_started_afresh(tmp_path: Path) -> None:
     age(root)
     assert scan_context(root, cache=DigestCache(path)).hashed_files == 1
     assert scan_context(root, cache=DigestCache(path)).hashed_files == 0
+
+
+def test_a_changed_file_is_patched_into_the_last_snapshot(
+    tmp_path: Path, cache: DigestCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only stat changes, no path added or removed: the last snapshot is brought up to date
+    without deciding .dockerignore again for every path."""
+    root = tmp_path / "ctx"
+    make(root, {"a.txt": "a", "d/b.txt": "b", "skip.log": "s"})
+    age(root)
+    matcher = PatternMatcher(["*.log"])
+    scan_context(root, matcher, cache)
+    (root / "d" / "b.txt").write_text("B")
+    fresh = scan_context(root, matcher)
+
+    def no_selection(*args: object) -> None:
+        raise AssertionError("every path was selected again")
+
+    monkeypatch.setattr(ContextScan, "_select", no_selection)
+    patched = scan_context(root, matcher, cache)
+    assert patched.entries == fresh.entries and patched.hashed_files == 1

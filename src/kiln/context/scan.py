@@ -259,28 +259,18 @@ class ContextScan:
                 return ContextSnapshot(self.root, entries, 0, 0)
         records = _records(data)
         previous = cache.lookup(self.key) if cache is not None else None
-        known: dict[Record, Row] = {}
-        if previous is not None:
-            try:
-                before = _records(previous.walk)
-                pairs = zip(previous.positions, previous.entries, strict=True)
-                known = {before[n]: row for n, row in pairs}
-            except (IndexError, ValueError):
-                known = {}  # not the cache this version writes: hash everything again
-        rows: list[Row] = []
-        for record in records:
-            row = known.get(record)
-            if row is None or (row[1] == "file" and not row[7]):
-                row = _parse(record)
-            rows.append(row)
-        kept = self._select(rows)
-        to_hash = [i for i in kept if rows[i][1] == "file" and not rows[i][7]]
+        try:
+            before = _records(previous.walk) if previous is not None else []
+            found = self._restat(previous, before, records) if previous is not None else None
+        except (IndexError, ValueError):  # not the cache this version writes
+            before, found = [], None
+        rows, positions = found or self._select(records, previous, before)
+        to_hash = [i for i, row in enumerate(rows) if row[1] == "file" and not row[7]]
         for i, digest in zip(to_hash, self._hash([rows[i] for i in to_hash]), strict=True):
             rows[i] = (*rows[i][:7], digest, rows[i][8])
-        kept.sort(key=lambda i: rows[i][0])
         snapshot = ContextSnapshot(
             self.root,
-            tuple(_entry(rows[i]) for i in kept),
+            tuple(map(_entry, rows)),
             len(to_hash),
             sum(rows[i][3] for i in to_hash),
         )
@@ -290,13 +280,34 @@ class ContextScan:
                 if rows[i][4] >= racy_since:
                     rows[i] = (*rows[i][:7], "", rows[i][8])
                     listing = ""
-            remembered = Remembered(listing, [rows[i] for i in kept], data, kept)
+            remembered = Remembered(listing, rows, data, positions)
             self._writer = threading.Thread(
                 target=_remember, args=(cache.path, self.key, remembered, previous)
             )
             self._writer.start()
         return snapshot
 
+    def _restat(
+        self, previous: Remembered, before: list[Record], records: list[Record]
+    ) -> tuple[list[Row], list[int]] | None:
+        """The last scan's entries brought up to date, when only the stat of some paths
+        changed (none added, removed or of another kind): what .dockerignore keeps, and the
+        order, stand. None otherwise."""
+        if len(before) != len(records):
+            return None
+        entry_at = {position: i for i, position in enumerate(previous.positions)}
+        rows = list(previous.entries)
+        for n, (old, new) in enumerate(zip(before, records, strict=True)):
+            if old == new:
+                continue
+            if _kind_and_path(old) != _kind_and_path(new):
+                return None
+            i = entry_at.get(n)
+            if i is not None:
+                rows[i] = _parse(new)
+        return rows, previous.positions
+
+    # -- the stat walk
     # -- the stat walk
 
     def _pruned(self) -> list[str]:
@@ -367,10 +378,28 @@ class ContextScan:
             message = f"cannot read {self._prefix}{directory}: {err.strerror}"
             raise ContextError(message) from None
 
-    def _select(self, rows: list[Row]) -> list[int]:
-        """The indexes of the rows .dockerignore lets through, deciding as BuildKit's walker
-        does: a directory excluded but walked for its exceptions is kept only if something
-        below it is."""
+    def _select(
+        self, records: list[Record], previous: Remembered | None, before: list[Record]
+    ) -> tuple[list[Row], list[int]]:
+        """Every record .dockerignore lets through, as an entry (with the last scan's digest
+        where its record is unchanged), sorted by path; and the position of each record.
+
+        Decided as BuildKit's walker decides: a directory excluded but walked for its
+        exceptions is kept only if something below it is."""
+        known: dict[Record, Row] = {}
+        if previous is not None:
+            pairs = zip(previous.positions, previous.entries, strict=True)
+            known = {before[n]: row for n, row in pairs}
+        rows: list[Row] = []
+        for record in records:
+            row = known.get(record)
+            rows.append(_parse(record) if row is None else row)
+        kept = self._kept(rows)
+        kept.sort(key=lambda i: rows[i][0])
+        return [rows[i] for i in kept], kept
+
+    def _kept(self, rows: list[Row]) -> list[int]:
+        """The indexes of the rows .dockerignore lets through."""
         ignore = self.ignore
         if ignore is None:
             return list(range(len(rows)))
@@ -457,6 +486,11 @@ def _record(path: str, st: os.stat_result, link_target: str) -> bytes:
     return b"".join(
         (kind, fields.encode(), os.fsencode(path), b"\0", os.fsencode(link_target), b"\0")
     )
+
+
+def _kind_and_path(record: Record) -> tuple[bytes, bytes]:
+    fields = record[0]
+    return fields[:1], fields.split(b" ", 9)[9]
 
 
 def _parse(record: Record) -> Row:

@@ -90,13 +90,23 @@ def write_dir_layer(
 
 def _needs_conversion(root: Path, unchanged: Unchanged | None) -> bool:
     """Whether an upper dir holds whiteouts, opaque dirs or copied-up empty dirs, which
-    only the Python writer knows how to turn into a layer."""
-    for directory, dirs, files in os.walk(root):
-        path = Path(directory)
-        if path != root and (_is_opaque(path) or (not dirs and not files and unchanged)):
+    only the Python writer knows how to turn into a layer. Only what readdir does not
+    already show to be a file, a directory or a symlink is stat'ed."""
+    pending = [str(root)]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as listing:
+            children = list(listing)
+        if directory != str(root) and (_is_opaque(Path(directory)) or (not children and unchanged)):
             return True
-        for name in files:
-            if _is_whiteout(path / name):
+        for child in children:
+            if child.is_dir(follow_symlinks=False):
+                pending.append(child.path)
+            elif (
+                not child.is_file(follow_symlinks=False)
+                and not child.is_symlink()
+                and _is_whiteout(Path(child.path))
+            ):
                 return True
     return False
 
