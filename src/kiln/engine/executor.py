@@ -882,8 +882,8 @@ def _copy_tree(
 
     ``into_upper``, where given, takes a whole-directory copy into a directory this call
     creates, to be done in the overlay's upper dir once it is unmounted: no lower layer
-    has anything below a new directory, so the upper dir gets what the overlay would have
-    put there (overlayfs makes the directory opaque if a lower layer had deleted it)."""
+    has anything below a new directory (one a lower layer deleted stays hidden by that
+    layer's whiteout), so the upper dir gets exactly what the overlay would have put there."""
     source = root / relative if relative else root
     st = os.lstat(source)
     if stat.S_ISDIR(st.st_mode):
