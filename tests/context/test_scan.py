@@ -281,13 +281,15 @@ def test_find_and_python_walks_give_the_same_snapshot(
     assert [e.path for e in ours] == ["a", "a/keep.md"]
 
 
-def test_find_prunes_plainly_excluded_directories(tmp_path: Path) -> None:
+def test_the_walk_skips_plainly_excluded_directories(tmp_path: Path) -> None:
     root = tmp_path / "ctx"
-    make(root, {"node_modules/m.js": "", "build/out/o": "", "src/a.c": ""})
-    matcher = PatternMatcher(["node_modules", "build/*", "*.tmp", "src", "!src/a.c"])
+    make(root, {"node_modules/m.js": "", "a/b/deep.o": "", "a/c/d/e.o": "", "src/a.c": ""})
+    matcher = PatternMatcher(["node_modules", "a/b", "a/c/d", "*.tmp", "src", "!src/a.c"])
     with ContextScan(root, matcher) as scan:
-        pruned = scan._prune_expression()
-    assert pruned == ["(", "-path", f"{root.resolve()}/node_modules", ")", "-prune", "-o"]
+        assert scan._pruned_paths == {"node_modules", "a/b", "a/c/d"}
+        _, listing = scan._listing()
+    assert b"m.js" not in listing and b".o\0" not in listing  # never walked
+    assert b" ./a/c\0" in listing and b" ./src/a.c\0" in listing
 
 
 def test_a_fifo_is_recorded_but_never_read(tmp_path: Path) -> None:
@@ -305,11 +307,15 @@ def test_context_must_be_a_directory(tmp_path: Path) -> None:
 
 
 def test_gnu_find_does_the_walk_where_it_is_installed(tmp_path: Path, walker: str) -> None:
-    make(tmp_path / "ctx", {"a": "a"})
+    make(tmp_path / "ctx", {"d/a": "a", "top": "t"})
     with ContextScan(tmp_path / "ctx") as scan:
         _, listing = scan._listing()
-        assert listing.endswith(b" a\0\0")
-        assert (scan._find is not None and scan._find.returncode == 0) == (walker == "find")
+        walks = scan._walks
+        assert listing.endswith(b" ./d/a\0\0")
+        if walker == "find":
+            assert walks and all(process.returncode == 0 for process, _ in walks)
+        else:
+            assert walks is None
 
 
 def test_a_cache_of_another_layout_is_started_afresh(tmp_path: Path) -> None:

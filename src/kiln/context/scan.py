@@ -40,7 +40,10 @@ _LARGE_FILE = 1 << 20
 RACY_WINDOW_NS = 2_000_000_000
 # One record per path: type, device, inode, size, mtime, ctime, permission bits, owner,
 # group, path below the root; then the link target (empty unless a symlink).
-_FIND_FORMAT = "%y %D %i %s %T@ %C@ %m %U %G %P\\0%l\\0"
+_FIND_FORMAT = "%y %D %i %s %T@ %C@ %m %U %G %p\\0%l\\0"
+# Walks run at once, each over a share of the paths below the top level: on a cold page
+# cache the walk waits on the disk, and several walks keep more reads in flight.
+_WALKS = 4
 _KINDS = {b"f": "file", b"d": "dir", b"l": "symlink"}
 _TYPE_BITS = {
     b"f": stat.S_IFREG, b"d": stat.S_IFDIR, b"l": stat.S_IFLNK, b"p": stat.S_IFIFO,
@@ -206,19 +209,18 @@ class ContextScan:
         # files of their own keep one scan for each.
         self.key = f"{self.root}\0{patterns}" if patterns else str(self.root)
         self._prefix = str(self.root) + "/"
-        self._output: IO[bytes] | None = None
-        self._find: subprocess.Popen[bytes] | None = None
+        self._pruned_paths = set(self._pruned())
         self._writer: threading.Thread | None = None
         self._result: ContextSnapshot | None = None
+        self._head, self._starts = self._top()
+        self._walks: list[tuple[subprocess.Popen[bytes], IO[bytes]]] | None = []
         try:
-            self._output = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
-            command = [FIND, str(self.root), "-mindepth", "1", *self._prune_expression()]
-            self._find = subprocess.Popen(
-                [*command, "-printf", _FIND_FORMAT],
-                stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-        except OSError:
-            self._find = None  # no find here: the Python walk will do
+            for share in _shares([path for path, _ in self._starts], _WALKS):
+                output = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+                self._walks.append((self._start_find(share, output), output))
+        except OSError:  # no find here: the Python walk will do
+            self.close()
+            self._walks = None
 
     def __enter__(self) -> ContextScan:
         return self
@@ -232,16 +234,28 @@ class ContextScan:
         self.close()
 
     def close(self) -> None:
-        """Stop the walk if it still runs, and finish writing the cache."""
-        if self._find is not None and self._find.poll() is None:
-            self._find.kill()
-        if self._find is not None:
-            self._find.wait()
-        if self._output is not None:
-            self._output.close()
+        """Stop the walks still running, and finish writing the cache."""
+        for process, output in self._walks or ():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            output.close()
+        if self._walks:
+            self._walks = None  # their output is gone: a later walk is done in Python
         if self._writer is not None:
             self._writer.join()
-        self._find, self._output, self._writer = None, None, None
+            self._writer = None
+
+    def _start_find(self, starts: list[str], output: IO[bytes]) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(
+                [FIND, *starts, *self._prune_expression(), "-printf", _FIND_FORMAT],
+                cwd=self.root, stdin=subprocess.DEVNULL, stdout=output,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        except OSError:
+            output.close()
+            raise
 
     def snapshot(self, cache: DigestCache | None = None) -> ContextSnapshot:
         """Every entry after .dockerignore, with digests (taken once per scan). What the
@@ -330,44 +344,76 @@ class ContextScan:
     def _prune_expression(self) -> list[str]:
         """``_pruned`` as find arguments."""
         tests: list[str] = []
-        for path in self._pruned():
-            tests += [*(["-o"] if tests else []), "-path", _find_literal(self._prefix + path)]
+        for path in sorted(self._pruned_paths):
+            tests += [*(["-o"] if tests else []), "-path", _find_literal("./" + path)]
         return ["(", *tests, ")", "-prune", "-o"] if tests else []
+
+    def _top(self) -> tuple[bytes, list[tuple[str, os.DirEntry[str]]]]:
+        """The records of the top level of the context, and the paths one level below it
+        that the walks start from. Both walks, find's and Python's, list the top level
+        first, then every start path and what is below it, in readdir order."""
+        head: list[bytes] = []
+        starts: list[tuple[str, os.DirEntry[str]]] = []
+        for child in self._children(""):
+            record, walk = self._record(child, child.name)
+            if record:
+                head.append(record)
+            if walk:
+                starts += [(f"./{child.name}/{c.name}", c) for c in self._children(child.name)]
+        return b"".join(head), starts
+
+    def _record(self, child: os.DirEntry[str], path: str) -> tuple[bytes, bool]:
+        """``child``'s record ("" if pruned), and whether to walk below it."""
+        try:
+            st = child.stat(follow_symlinks=False)
+            target = os.readlink(child.path) if stat.S_ISLNK(st.st_mode) else ""
+        except OSError as err:
+            raise ContextError(f"cannot stat {child.path}: {err.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            return _record("./" + path, st, target), False
+        if path in self._pruned_paths:
+            return b"", False
+        return _record("./" + path, st, target), True
 
     def _listing(self) -> tuple[str, bytes]:
         """The walk's listing, and a digest of it with the patterns it is filtered by."""
         listing = hashlib.sha256(f"{_CACHE_FORMAT}\n{self.key}\0".encode())
-        if self._find is not None and self._find.wait() == 0 and self._output is not None:
-            self._output.seek(0)
-            data = self._output.read()
+        found = [self._head]
+        for process, output in self._walks or ():
+            if process.wait() != 0:
+                break
+            output.seek(0)
+            found.append(output.read())
         else:
-            data = self._walk()
+            if self._walks is not None:
+                data = b"".join(found)
+                listing.update(data)
+                return listing.hexdigest(), data
+        data = self._head + self._walk()
         listing.update(data)
         return listing.hexdigest(), data
 
     def _walk(self) -> bytes:
-        """The stat walk in Python, where no GNU find ran: the very listing find's
-        ``-printf`` gives (same order, same pruning), and errors that name the path."""
-        pruned = set(self._pruned())
+        """What find lists below the top level, walked in Python where no GNU find ran (or
+        it failed): the same bytes, and errors that name the path."""
         found: list[bytes] = []
-        stack = [("", self._children(""))]
-        while stack:
-            directory, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                stack.pop()
-                continue
-            path = f"{directory}/{child.name}" if directory else child.name
-            try:
-                st = child.stat(follow_symlinks=False)
-                target = os.readlink(child.path) if stat.S_ISLNK(st.st_mode) else ""
-            except OSError as err:
-                raise ContextError(f"cannot stat {child.path}: {err.strerror}") from None
-            if path in pruned and stat.S_ISDIR(st.st_mode):
-                continue
-            found.append(_record(path, st, target))
-            if stat.S_ISDIR(st.st_mode):
-                stack.append((path, self._children(path)))
+        for start, entry in self._starts:
+            stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = []
+            record, walk = self._record(entry, start[2:])
+            found.append(record)
+            if walk:
+                stack.append((start[2:], self._children(start[2:])))
+            while stack:
+                directory, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    stack.pop()
+                    continue
+                path = f"{directory}/{child.name}"
+                record, walk = self._record(child, path)
+                found.append(record)
+                if walk:
+                    stack.append((path, self._children(path)))
         return b"".join(found)
 
     def _children(self, directory: str) -> Iterator[os.DirEntry[str]]:
@@ -470,6 +516,13 @@ def _remember(path: Path, scan: str, remembered: Remembered, previous: Remembere
         pass
 
 
+def _shares(paths: list[str], count: int) -> list[list[str]]:
+    """``paths`` in at most ``count`` runs of about the same length (and not so short that a
+    process costs more than it saves), in order."""
+    size = max(-(-len(paths) // count), 8)
+    return [paths[i : i + size] for i in range(0, len(paths), size)]
+
+
 def _records(listing: bytes) -> list[Record]:
     fields = listing.split(b"\0")
     return list(zip(fields[0:-1:2], fields[1::2], strict=True))
@@ -497,6 +550,7 @@ def _parse(record: Record) -> Row:
     """The entry a record gives (without a digest if it is a file)."""
     fields, link = record
     kind, _dev, _ino, size, mtime, _ctime, perm, uid, gid, path = fields.split(b" ", 9)
+    path = path.removeprefix(b"./")
     name = _KINDS.get(kind, "other")
     link_target = os.fsdecode(link)
     digest = "sha256:" + hashlib.sha256(link).hexdigest() if name == "symlink" else ""
