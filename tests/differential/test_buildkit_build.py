@@ -70,6 +70,14 @@ CASES: dict[str, dict[str, Any]] = {
         "links": {"link-to-file": "real/file.txt", "real/dangling": "../nowhere"},
         "empty_dirs": ["empty", "real/empty-inside"],
     },
+    "directory-copies-into-new-deleted-and-existing-dirs": {
+        "dockerfile": "FROM busybox:base\nRUN mkdir -p /gone/x /kept && echo o > /gone/x/o"
+        " && echo k > /kept/k\nRUN rm -rf /gone\nCOPY src/ /gone/\nCOPY src/ /kept/\n"
+        "COPY src /deep/new/dir\nCOPY src/ /bin/src/\n",
+        "files": {"src/a.txt": "a", "src/x/b.txt": "b", "src/x/y/c.txt": "c"},
+        "links": {"src/x/link": "b.txt"},
+        "empty_dirs": ["src/empty"],
+    },
     "whiteouts-and-opaque-dirs": {
         "dockerfile": "FROM busybox:base\nRUN mkdir -p /data/sub && echo old > /data/sub/old\n"
         "RUN rm /bin/vi /etc/group && rm -rf /data && mkdir /data && echo new > /data/new\n",

@@ -136,6 +136,20 @@ def test_directory_copies_into_new_deleted_and_existing_directories(
     assert (rootfs / "deep" / "new").stat().st_mode & 0o777 == 0o755
 
 
+def test_an_empty_directory_recreated_under_a_deleted_one_is_kept(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    """The lower layers are read as overlayfs reads them: the whiteout of /d hides the
+    first layer's /d/e, so the recreated empty /d/e belongs to the new layer."""
+    ctx = context(
+        tmp_path, "FROM busybox:base\nRUN mkdir -p /d/e\nRUN rm -rf /d\nRUN mkdir -p /d/e\n"
+    )
+    invoke("build", "-t", "app:recreated", str(ctx))
+    *_, recreated = layer_names(kiln_root, "recreated")
+    assert "d/e" in recreated
+    assert (unpack(kiln_root, "recreated", tmp_path) / "d" / "e").is_dir()
+
+
 def test_a_failing_run_names_the_line_and_tags_nothing(kiln_root: Path, tmp_path: Path) -> None:
     ctx = context(tmp_path, "FROM busybox:base\nRUN echo before\nRUN echo oops && exit 3\n")
     result = CliRunner().invoke(cli, ["build", "-t", "app:broken", str(ctx)])

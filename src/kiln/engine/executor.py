@@ -61,7 +61,7 @@ from kiln.engine.runtime import ProcessSpec, RuntimeMount, resolve_user, run
 from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.engine.snapshotter import mounted, snapshotter
 from kiln.errors import DockerfileError, KilnError
-from kiln.oci.layer import open_decompressed, write_dir_layer
+from kiln.oci.layer import is_opaque, is_whiteout, open_decompressed, write_dir_layer
 from kiln.oci.objects import (
     CONFIG,
     LAYER,
@@ -821,20 +821,31 @@ def _is_tar(path: Path) -> bool:
 
 
 def _same_as_lower(lowers: list[Path]) -> Callable[[str, os.stat_result], bool]:
-    """Whether a directory of the upper dir has the metadata of its lower original."""
+    """Whether a directory of the upper dir has the metadata of what the lower layers
+    show at its path, read as overlayfs reads them: top layer first, a whiteout or a
+    non-directory on the way hides the path, an opaque directory the layers below it."""
 
     def unchanged(relative: str, st: os.stat_result) -> bool:
+        parts = relative.split("/")
         for lower in reversed(lowers):
-            try:
-                below = os.lstat(lower / relative)
-            except FileNotFoundError:
-                continue
-            same_owner = (below.st_uid, below.st_gid) == (st.st_uid, st.st_gid)
-            return (
-                below.st_mode == st.st_mode
-                and same_owner
-                and int(below.st_mtime) == int(st.st_mtime)
-            )
+            hides_below = False
+            for depth in range(1, len(parts) + 1):
+                path = lower.joinpath(*parts[:depth])
+                try:
+                    found = os.lstat(path)
+                except OSError:
+                    break  # not in this layer: look below, unless an opaque parent hides it
+                if is_whiteout(path) or (depth < len(parts) and not stat.S_ISDIR(found.st_mode)):
+                    return False
+                if depth == len(parts):
+                    return (
+                        found.st_mode == st.st_mode
+                        and (found.st_uid, found.st_gid) == (st.st_uid, st.st_gid)
+                        and int(found.st_mtime) == int(st.st_mtime)
+                    )
+                hides_below = hides_below or is_opaque(path)
+            if hides_below:
+                return False
         return False
 
     return unchanged

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kiln.engine.overlay import MountError, overlay
 from kiln.errors import KilnError
+from kiln.oci.layer import is_opaque, is_whiteout
 
 _OPAQUE = "trusted.overlay.opaque"
 _choice: str | None = None
@@ -81,13 +82,13 @@ def _materialise(lowers: Sequence[Path], target: Path) -> None:
             for name in (*dirs, *files):
                 path = Path(directory) / name
                 below = target / path.relative_to(layer)
-                if _is_opaque(path) or _is_whiteout(path):
+                if is_opaque(path) or is_whiteout(path):
                     _remove(below)
         _cp(layer, target)
     for directory, dirs, files in os.walk(target):
         for name in files:  # copied whiteouts: their paths are gone already
             path = Path(directory) / name
-            if _is_whiteout(path):
+            if is_whiteout(path):
                 path.unlink()
         for name in dirs:  # the merged view is plain: no overlay markers left in it
             with contextlib.suppress(OSError):
@@ -166,20 +167,8 @@ def _copy_parents(root: Path, upper: Path, relative: str) -> None:
                 os.chown(target, st.st_uid, st.st_gid)
 
 
-def _is_whiteout(path: Path) -> bool:
-    st = os.lstat(path)
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif os.path.lexists(path):
         path.unlink()
-
-
-def _is_opaque(path: Path) -> bool:
-    try:
-        return os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y"
-    except OSError:
-        return False

@@ -97,7 +97,7 @@ def _needs_conversion(root: Path, unchanged: Unchanged | None) -> bool:
         directory = pending.pop()
         with os.scandir(directory) as listing:
             children = list(listing)
-        if directory != str(root) and (_is_opaque(Path(directory)) or (not children and unchanged)):
+        if directory != str(root) and (is_opaque(Path(directory)) or (not children and unchanged)):
             return True
         for child in children:
             if child.is_dir(follow_symlinks=False):
@@ -105,7 +105,7 @@ def _needs_conversion(root: Path, unchanged: Unchanged | None) -> bool:
             elif (
                 not child.is_file(follow_symlinks=False)
                 and not child.is_symlink()
-                and _is_whiteout(Path(child.path))
+                and is_whiteout(Path(child.path))
             ):
                 return True
     return False
@@ -147,9 +147,9 @@ def _walk(directory: Path, relative: str, overlay: bool) -> Iterator[tuple[str, 
         raise LayerError(f"cannot read {directory}: {err.strerror}") from None
     prefix = f"{relative}/" if relative else ""
     if overlay:
-        if relative and _is_opaque(directory):
+        if relative and is_opaque(directory):
             yield prefix + OPAQUE_MARKER, directory
-        whiteouts = [n for n in names if _is_whiteout(directory / n)]
+        whiteouts = [n for n in names if is_whiteout(directory / n)]
         for name in whiteouts:
             yield prefix + WHITEOUT_PREFIX + name, directory / name
         names = [n for n in names if n not in set(whiteouts)]
@@ -165,17 +165,19 @@ def _mirrors_lower(path: Path, relative: str, unchanged: Unchanged) -> bool:
     return (
         stat.S_ISDIR(st.st_mode)
         and not os.listdir(path)
-        and not _is_opaque(path)
+        and not is_opaque(path)
         and unchanged(relative, st)
     )
 
 
-def _is_whiteout(path: Path) -> bool:
+def is_whiteout(path: Path) -> bool:
+    """Whether ``path`` is an overlayfs whiteout: a 0/0 character device."""
     st = os.lstat(path)
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: Path) -> bool:
+def is_opaque(path: Path) -> bool:
+    """Whether ``path`` is a directory overlayfs marks opaque (it hides the layers below)."""
     for name in OPAQUE_XATTRS:
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
