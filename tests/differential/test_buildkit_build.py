@@ -78,6 +78,12 @@ CASES: dict[str, dict[str, Any]] = {
         "links": {"src/x/link": "b.txt"},
         "empty_dirs": ["src/empty"],
     },
+    "destinations-through-symlinks": {
+        "dockerfile": "FROM busybox:base\nRUN mkdir -p /target/old && ln -s /target /abs"
+        " && ln -s target /rel\nCOPY f.txt /abs/sub/\nCOPY tree/ /rel/\nWORKDIR /abs/w\n"
+        "RUN pwd > /pwd.txt\n",
+        "files": {"f.txt": "f", "tree/old/t.txt": "t"},
+    },
     "whiteouts-and-opaque-dirs": {
         "dockerfile": "FROM busybox:base\nRUN mkdir -p /data/sub && echo old > /data/sub/old\n"
         "RUN rm /bin/vi /etc/group && rm -rf /data && mkdir /data && echo new > /data/new\n",

@@ -150,6 +150,31 @@ def test_an_empty_directory_recreated_under_a_deleted_one_is_kept(
     assert (unpack(kiln_root, "recreated", tmp_path) / "d" / "e").is_dir()
 
 
+def test_image_symlinks_never_lead_a_build_out_of_the_image(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    """A base image whose directories are absolute symlinks to paths that exist on this
+    machine: COPY, WORKDIR and RUN write inside the image, where the links point there."""
+    host = tmp_path / "host-dir"  # what /app would reach if the link were followed here
+    host.mkdir()
+    ctx = context(
+        tmp_path,
+        f"FROM busybox:base\nRUN ln -s {host} /app && ln -s {host} /w\n"
+        "COPY f.txt /app/sub/\nCOPY tree/ /app/tree/\nCOPY --chown=nobody tree/ /app/owned/\n"
+        "COPY <<EOF /app/inline.txt\ninline\nEOF\nWORKDIR /w/work\nRUN echo ran > here.txt\n",
+        {"f.txt": "file", "tree/t.txt": "tree"},
+    )
+    invoke("build", "-t", "app:scoped", str(ctx))
+    assert list(host.iterdir()) == []
+    rootfs = unpack(kiln_root, "scoped", tmp_path)
+    inside = rootfs / str(host).lstrip("/")
+    assert (inside / "sub" / "f.txt").read_text() == "file"
+    assert (inside / "tree" / "t.txt").read_text() == "tree"
+    assert (inside / "owned" / "t.txt").read_text() == "tree"
+    assert (inside / "inline.txt").read_text() == "inline\n"
+    assert (inside / "work" / "here.txt").read_text() == "ran\n"
+
+
 def test_a_failing_run_names_the_line_and_tags_nothing(kiln_root: Path, tmp_path: Path) -> None:
     ctx = context(tmp_path, "FROM busybox:base\nRUN echo before\nRUN echo oops && exit 3\n")
     result = CliRunner().invoke(cli, ["build", "-t", "app:broken", str(ctx)])

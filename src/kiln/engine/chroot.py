@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kiln.engine.scope import in_scope
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -58,18 +60,22 @@ def main(spec_path: str) -> int:
 
 def _enter(spec: dict[str, Any]) -> None:
     rootfs, bundle = str(spec["rootfs"]), str(spec["bundle"])
+
+    def inside(path: str) -> str:  # the image's own symlinks, followed inside the image
+        return str(in_scope(Path(rootfs), path))
+
     _mount("none", "/", "", MS_REC | MS_PRIVATE)
-    _mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _mount("tmpfs", f"{rootfs}/dev", "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    _mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount("tmpfs", inside("/dev"), "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for device in DEVICES:
-        target = f"{rootfs}/dev/{device}"
+        target = inside(f"/dev/{device}")
         Path(target).touch()
         _mount(f"/dev/{device}", target, "", MS_BIND)
-    os.makedirs(f"{rootfs}/dev/shm", exist_ok=True)
-    _mount("shm", f"{rootfs}/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    os.makedirs(inside("/dev/shm"), exist_ok=True)
+    _mount("shm", inside("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for name in ("hosts", "resolv.conf"):
-        _mount(f"{bundle}/{name}", f"{rootfs}/etc/{name}", "", MS_BIND)
-        _mount("none", f"{rootfs}/etc/{name}", "", MS_BIND | MS_RDONLY | 32)  # 32: MS_REMOUNT
+        _mount(f"{bundle}/{name}", inside(f"/etc/{name}"), "", MS_BIND)
+        _mount("none", inside(f"/etc/{name}"), "", MS_BIND | MS_RDONLY | 32)  # 32: MS_REMOUNT
     _check(
         _libc.sethostname(str(spec["hostname"]).encode(), len(str(spec["hostname"]))), "hostname"
     )

@@ -58,6 +58,7 @@ from kiln.dockerfile.mounts import Mount
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
 from kiln.engine.history import created_by
 from kiln.engine.runtime import ProcessSpec, RuntimeMount, resolve_user, run
+from kiln.engine.scope import in_scope
 from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.engine.snapshotter import mounted, snapshotter
 from kiln.errors import DockerfileError, KilnError
@@ -536,8 +537,7 @@ class _Run:
     ) -> None:
         instruction = step.instruction
         assert isinstance(instruction, Run)
-        cwd = rootfs / step.workdir.lstrip("/")
-        cwd.mkdir(parents=True, exist_ok=True)
+        _makedirs(rootfs, step.workdir, (0, 0))
         tail: list[str] = []
         number = self.current.number
 
@@ -624,8 +624,7 @@ class _Run:
         instruction = step.instruction
         assert isinstance(instruction, Workdir)
         path = join_workdir(step.workdir, instruction.path)
-        target = rootfs / path.lstrip("/")
-        if not target.exists():
+        if not in_scope(rootfs, path).exists():
             user = resolve_user(rootfs, state.config.user) if state.config.user else None
             _makedirs(rootfs, path, (user.uid, user.gid) if user else (0, 0))
 
@@ -667,8 +666,7 @@ class _Run:
                     _makedirs(rootfs, dest.rstrip("/") or "/", owner)
                     with open_decompressed(archive) as stream:
                         # BuildKit keeps an archive's own owners, --chown or not.
-                        target = rootfs / (dest.rstrip("/") or "/").lstrip("/")
-                        unpack_layer(stream, target, whiteouts=False)
+                        unpack_layer(stream, in_scope(rootfs, dest), whiteouts=False)
                     continue
                 target_dest = dest
                 if parents:  # keep the source's path (below a /./ pivot, if there is one)
@@ -704,7 +702,8 @@ class _Run:
         for name in ("passwd", "group"):
             for layer in reversed(state.layers):
                 found = self.snapshots.get(layer.digest) / "etc" / name
-                if found.is_file():
+                # A symlink in a layer means a path of the image, not of this machine.
+                if found.is_file() and not (found.is_symlink() or found.parent.is_symlink()):
                     shutil.copyfile(found, view / "etc" / name)
                     break
         return view
@@ -851,13 +850,20 @@ def _same_as_lower(lowers: list[Path]) -> Callable[[str, os.stat_result], bool]:
     return unchanged
 
 
-def _makedirs(rootfs: Path, path: str, owner: tuple[int, int]) -> None:
+def _makedirs(rootfs: Path, path: str, owner: tuple[int, int]) -> Path:
+    """The directory ``path`` of the image, made where missing (owned by ``owner``), as a
+    host path: image symlinks on the way are followed inside ``rootfs``, never out of it."""
+    target = in_scope(rootfs, path)
     current = rootfs
-    for part in [p for p in path.split("/") if p]:
+    for part in target.relative_to(rootfs).parts:
         current = current / part
         if not os.path.lexists(current):
-            current.mkdir(mode=0o755)
+            try:
+                current.mkdir(mode=0o755)
+            except OSError as err:
+                raise KilnError(f"cannot create directory {path}: {err.strerror}") from None
             os.chown(current, *owner)
+    return target
 
 
 def _glob(root: Path, pattern: str) -> Iterator[str]:
@@ -899,25 +905,21 @@ def _copy_tree(
     st = os.lstat(source)
     if stat.S_ISDIR(st.st_mode):
         target = dest.rstrip("/") or "/"
-        destination = rootfs / target.lstrip("/")
-        new = not os.path.lexists(destination)
-        _makedirs(rootfs, target, owner)
-        if visible is None and exclude is None and owner == (0, 0) and mode is None:
-            # No symlink on the way: the directory is where it seems to be in the upper dir.
-            real = os.path.realpath(destination) == os.path.join(
-                os.path.realpath(rootfs), target.lstrip("/")
-            )
-            if into_upper is not None and new and real:
-                into_upper.append((source, target.lstrip("/")))
+        new = not os.path.lexists(in_scope(rootfs, target))
+        destination = _makedirs(rootfs, target, owner)
+        # GNU cp follows symlinks it finds in the destination: only a new directory is safe.
+        if new and visible is None and exclude is None and owner == (0, 0) and mode is None:
+            if into_upper is not None:
+                into_upper.append((source, str(destination.relative_to(rootfs))))
             else:
                 _cp_contents(source, destination)
         else:
             _copy_contents(source, relative, destination, owner, mode, visible, exclude, "")
         return
-    into_dir = dest.endswith("/") or (rootfs / dest.lstrip("/")).is_dir()
+    into_dir = dest.endswith("/") or in_scope(rootfs, dest).is_dir()
     target = f"{dest.rstrip('/')}/{source.name}" if into_dir else dest
-    _makedirs(rootfs, os.path.dirname(target.rstrip("/")), owner)
-    _copy_entry(source, rootfs / target.lstrip("/"), owner, mode)
+    parent = _makedirs(rootfs, os.path.dirname(target.rstrip("/")), owner)
+    _copy_entry(source, parent / os.path.basename(target.rstrip("/")), owner, mode)
 
 
 def _below_pivot(relative: str, patterns: tuple[str, ...]) -> str:
@@ -964,8 +966,8 @@ def _copy_contents(
             continue
         destination = target / entry.name
         if is_dir:
-            if not destination.is_dir():
-                _remove(destination)
+            if not destination.is_dir() or destination.is_symlink():
+                _remove(destination)  # a symlink there is replaced, never followed
                 destination.mkdir()
             _copy_contents(
                 Path(entry.path), child_relative, destination, owner, mode, visible, exclude,
@@ -1009,8 +1011,7 @@ def _remove(path: Path) -> None:
 def _write_inline(
     rootfs: Path, target: str, inline: InlineFile, owner: tuple[int, int], mode: int | None
 ) -> None:
-    _makedirs(rootfs, os.path.dirname(target), owner)
-    path = rootfs / target.lstrip("/")
+    path = _makedirs(rootfs, os.path.dirname(target), owner) / os.path.basename(target)
     _remove(path)
     path.write_text(inline.content)
     os.chown(path, *owner)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.engine.scope import in_scope
 from kiln.errors import KilnError
 
 RUNC = "runc"
@@ -68,8 +69,8 @@ class User:
 def resolve_user(rootfs: Path, spec: str) -> User:
     """``user``, ``uid``, ``user:group``... looked up in the image's /etc/passwd and group."""
     name, _, group = (spec or "0").partition(":")
-    passwd = _table(rootfs / "etc" / "passwd")
-    groups = _table(rootfs / "etc" / "group")
+    passwd = _table(in_scope(rootfs, "/etc/passwd"))
+    groups = _table(in_scope(rootfs, "/etc/group"))
     entry = next((e for e in passwd if name in (e[0], e[2] if len(e) > 2 else None)), None)
     if name.isdecimal():
         uid = int(name)
@@ -131,9 +132,9 @@ def run(
     points = [*_MOUNT_POINTS, *(m.destination.strip("/") for m in spec.mounts)]
     created = _missing(rootfs, points)
     parents = {
-        parent: os.lstat(rootfs / parent).st_mtime_ns
+        parent: os.lstat(in_scope(rootfs, parent)).st_mtime_ns
         for parent in {os.path.dirname(p) for p in created} - set(created) - {""}
-        if os.path.isdir(rootfs / parent)
+        if os.path.isdir(in_scope(rootfs, parent))
     }
     (bundle / "hosts").write_text(
         f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n"
@@ -168,14 +169,14 @@ def run(
         _remove_mount_stubs(rootfs, created)
         for parent, mtime in parents.items():  # as if no stub had ever been made
             with contextlib.suppress(OSError):
-                os.utime(rootfs / parent, ns=(mtime, mtime), follow_symlinks=False)
+                os.utime(in_scope(rootfs, parent), ns=(mtime, mtime), follow_symlinks=False)
     return status
 
 
 def _make_mount_stubs(rootfs: Path, created: list[str]) -> None:
     """What runc would create for its mounts, for the chroot isolation to mount on."""
     for relative in created:
-        path = rootfs / relative
+        path = in_scope(rootfs, relative)
         path.parent.mkdir(parents=True, exist_ok=True)
         if relative in ("etc/hosts", "etc/resolv.conf"):
             path.touch()
@@ -203,7 +204,7 @@ def _missing(rootfs: Path, points: list[str]) -> list[str]:
         parts = point.split("/")
         for depth in range(1, len(parts) + 1):
             prefix = "/".join(parts[:depth])
-            if not os.path.lexists(rootfs / prefix):
+            if not os.path.lexists(in_scope(rootfs, prefix)):
                 missing.add(prefix)
     return sorted(missing)
 
@@ -212,7 +213,7 @@ def _remove_mount_stubs(rootfs: Path, created: list[str]) -> None:
     """Mount points (and directories above them) made for the run: gone again, deepest first,
     if they are still empty stubs."""
     for relative in sorted(created, key=lambda p: p.count("/"), reverse=True):
-        path = rootfs / relative
+        path = in_scope(rootfs, relative)
         try:
             if path.is_dir() and not path.is_symlink():
                 path.rmdir()
