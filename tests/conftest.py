@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.engines import DOCKER_CLIENT, DockerEngine
+from tests.registries import Registry, start_registry, write_htpasswd
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +117,20 @@ def debian_rootfs_tar() -> Path:
         partial.replace(cached)
         shutil.rmtree(target, ignore_errors=True)
     return cached
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """An anonymous plain-HTTP registry on a free loopback port."""
+    started = start_registry(tmp_path / "registry")
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def basic_auth_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A registry that wants Basic auth: user ``kiln``, password ``s3cret-pw``."""
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"kiln": "s3cret-pw"})
+    started = start_registry(tmp_path / "registry", htpasswd=htpasswd)
+    yield started
+    started.stop()

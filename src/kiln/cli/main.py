@@ -23,6 +23,7 @@ from kiln.store import Store, StoredImage
 
 if TYPE_CHECKING:
     from kiln.dockerfile.document import Dockerfile
+    from kiln.registry import RegistryClient
 
 # Commands import the rest of kiln when they run: `kiln images` need not load the Dockerfile
 # front end, and every command starts faster.
@@ -392,6 +393,92 @@ def build_command(
             click.echo(f"Successfully built {image.id}", err=True)
             for tag in image.tags:
                 click.echo(f"Successfully tagged {Reference.parse(tag).familiar}", err=True)
+
+
+# -- registries ----------------------------------------------------------------------------
+
+_INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable)."
+
+
+def _client(host: str, insecure: tuple[str, ...]) -> RegistryClient:
+    from kiln.registry import RegistryClient
+
+    return RegistryClient(host, insecure=True if host in insecure else None)
+
+
+@cli.command("push")
+@click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST", help=_INSECURE_HELP)
+@click.option(
+    "--compression", type=click.Choice(["gzip", "zstd", "uncompressed"]), default="gzip",
+    show_default=True, help="How layers are compressed for the registry.",
+)  # fmt: skip
+@click.option(
+    "--format", "image_format", type=click.Choice(["oci", "docker"]), default="oci",
+    show_default=True, help="OCI media types, or Docker's schema 2.",
+)  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="Print only the pushed digest.")
+@click.argument("image")
+@click.argument("destination", required=False)
+def push_command(
+    insecure: tuple[str, ...],
+    compression: str,
+    image_format: str,
+    quiet: bool,
+    image: str,
+    destination: str | None,
+) -> None:
+    """Push IMAGE from the store to a registry (to DESTINATION if given)."""
+    from kiln.registry import push_image
+
+    target = Reference.parse(destination or image)
+    store = _store()
+    store.image(image)  # a missing image fails before any connection is made
+    with _client(target.registry, insecure) as client:
+        pushed = push_image(
+            store, image, target, client, compression=compression, format=image_format,
+            output=(lambda line: None) if quiet else click.echo,
+        )  # fmt: skip
+    click.echo(pushed.digest if quiet else f"Pushed {target.familiar}@{pushed.digest}")
+
+
+@cli.command("login")
+@click.option("-u", "--username", prompt=True, help="The user name.")
+@click.option("-p", "--password", help="The password (prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST", help=_INSECURE_HELP)
+@click.argument("registry", default="docker.io")
+def login_command(
+    username: str,
+    password: str | None,
+    password_stdin: bool,
+    insecure: tuple[str, ...],
+    registry: str,
+) -> None:
+    """Check credentials with REGISTRY and save them where docker login does."""
+    from kiln.registry import Credentials, RegistryClient, save_login
+
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\n")
+    elif password is None:
+        password = click.prompt("Password", hide_input=True)
+    credentials = Credentials(username, password)
+    insecure_host = True if registry in insecure else None
+    with RegistryClient(registry, insecure=insecure_host, credentials=credentials) as client:
+        client.ping()
+    path = save_login(registry, credentials)
+    click.echo(f"Login Succeeded (credentials saved in {path})")
+
+
+@cli.command("logout")
+@click.argument("registry", default="docker.io")
+def logout_command(registry: str) -> None:
+    """Remove the saved credentials of REGISTRY."""
+    from kiln.registry import remove_login
+
+    if remove_login(registry):
+        click.echo(f"Removed login credentials for {registry}")
+    else:
+        click.echo(f"Not logged in to {registry}")
 
 
 @cli.command("run", context_settings={"allow_interspersed_args": False})

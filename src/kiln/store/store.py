@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS tags (
     name TEXT PRIMARY KEY,       -- full reference: docker.io/library/busybox:latest
     manifest TEXT NOT NULL REFERENCES images(manifest)
 );
+CREATE TABLE IF NOT EXISTS compressed (
+    layer TEXT NOT NULL,         -- the diff_id of a layer stored uncompressed
+    algorithm TEXT NOT NULL,     -- gzip or zstd
+    blob TEXT NOT NULL,          -- the digest of its compressed form, made for a push
+    size INTEGER NOT NULL,
+    PRIMARY KEY (layer, algorithm)
+);
 """
 
 
@@ -212,6 +219,26 @@ class Store:
                 "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)", (key, diff_id, size, created)
             )
 
+    # -- compressed forms of layers (made once, for pushes)
+
+    def compressed_layer(self, diff_id: str, algorithm: str) -> tuple[str, int] | None:
+        """(digest, size) of ``diff_id`` compressed with ``algorithm``, if still stored."""
+        with self._db_lock:
+            row = self.db.execute(
+                "SELECT blob, size FROM compressed WHERE layer = ? AND algorithm = ?",
+                (diff_id, algorithm),
+            ).fetchone()
+        if row is None or not self.has_blob(row[0]):
+            return None
+        return str(row[0]), int(row[1])
+
+    def remember_compressed(self, diff_id: str, algorithm: str, digest: str, size: int) -> None:
+        with self._db_lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO compressed VALUES (?, ?, ?, ?)",
+                (diff_id, algorithm, digest, size),
+            )
+
     # -- images and tags
 
     def add_image(self, manifest: dict[str, Any], tags: list[Reference]) -> StoredImage:
@@ -365,6 +392,12 @@ class Store:
             manifest = json.loads(self.read_blob(digest))
             keep.add(manifest["config"]["digest"])
             keep.update(layer["digest"] for layer in manifest["layers"])
+        # A kept layer keeps its compressed forms, so that the next push need not redo them.
+        for layer, blob in self.db.execute("SELECT layer, blob FROM compressed").fetchall():
+            if layer in keep:
+                keep.add(blob)
+            else:
+                self.db.execute("DELETE FROM compressed WHERE layer = ?", (layer,))
         freed = 0
         for path in self.blobs.iterdir():
             if "sha256:" + path.name not in keep:
