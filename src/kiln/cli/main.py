@@ -297,6 +297,8 @@ def load_command(source: Path) -> None:
 
 # -- building and running ----------------------------------------------------------------------
 
+_INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable)."
+
 
 @cli.command("build")
 @click.option("-t", "--tag", "tags", multiple=True, metavar="NAME[:TAG]", help="Tag the image.")
@@ -329,6 +331,8 @@ def load_command(source: Path) -> None:
     help="How RUN steps are isolated (default: oci when runc is installed, else chroot).",
 )  # fmt: skip
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
+@click.option("--pull", is_flag=True, help="Check the registry for newer base images.")
+@click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST", help=_INSECURE_HELP)
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def build_command(
     tags: tuple[str, ...],
@@ -345,6 +349,8 @@ def build_command(
     progress: str,
     isolation: str | None,
     iidfile: Path | None,
+    pull: bool,
+    insecure: tuple[str, ...],
     context: Path,
 ) -> None:
     """Build an image from a Dockerfile and a context, with no daemon."""
@@ -372,6 +378,8 @@ def build_command(
             no_cache=no_cache,
             isolation=isolation,
             secrets=_parse_secrets(secrets),
+            pull=pull,
+            insecure_registries=insecure,
         )
         output = printer("quiet" if quiet else progress)
         store = _store()
@@ -396,8 +404,6 @@ def build_command(
 
 
 # -- registries ----------------------------------------------------------------------------
-
-_INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable)."
 
 
 def _client(host: str, insecure: tuple[str, ...]) -> RegistryClient:
@@ -439,6 +445,26 @@ def push_command(
             output=(lambda line: None) if quiet else click.echo,
         )  # fmt: skip
     click.echo(pushed.digest if quiet else f"Pushed {target.familiar}@{pushed.digest}")
+
+
+@cli.command("pull")
+@click.option("--platform", default="", help="OS/ARCH[/VARIANT] (default: this machine's).")
+@click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST", help=_INSECURE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
+@click.argument("image")
+def pull_command(platform: str, insecure: tuple[str, ...], quiet: bool, image: str) -> None:
+    """Pull IMAGE from its registry into the store."""
+    from kiln.dockerfile.platform import Platform
+    from kiln.registry import pull_image
+
+    reference = Reference.parse(image)
+    wanted = Platform.parse(platform) if platform else Platform.host()
+    with _client(reference.registry, insecure) as client:
+        pulled = pull_image(
+            _store(), reference, client, platform=wanted,
+            output=(lambda line: None) if quiet else click.echo,
+        )  # fmt: skip
+    click.echo(pulled.id if quiet else f"Pulled {reference.familiar} ({pulled.id})")
 
 
 @cli.command("login")

@@ -97,6 +97,8 @@ class BuildRequest:
     no_cache: bool = False
     isolation: str | None = None  # "oci" or "chroot"; None: oci where runc is installed
     secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=NAME,src=FILE
+    pull: bool = False  # check the registry for a newer base image even if one is stored
+    insecure_registries: tuple[str, ...] = ()  # plain HTTP or unverified TLS allowed
 
 
 @dataclass
@@ -110,10 +112,14 @@ class _State:
     key: str  # the cache key of the filesystem so far
     cmd_set: bool = False
     args: list[str] = field(default_factory=list)  # the stage's ARG names, in order
+    # The uncompressed digest of each layer: the layer's own digest unless it was pulled
+    # compressed from a registry.
+    diff_ids: list[str] = field(default_factory=list)
 
     def copy(self) -> _State:
         state = _State(list(self.layers), self.config, list(self.history), self.platform, self.key)
         state.args = list(self.args)
+        state.diff_ids = list(self.diff_ids)
         return state
 
 
@@ -124,6 +130,7 @@ class Builder:
         self.store = store
         self.snapshots = Snapshots(store)
         self.output = output
+        self.pull_errors: dict[str, str] = {}  # base images that could not be pulled, why
         (store.root / "work").mkdir(exist_ok=True)
 
     @property
@@ -143,7 +150,7 @@ class Builder:
             plan = plan_build(
                 document,
                 BuildOptions(build_args=dict(request.build_args), target=request.target),
-                self._resolve_base,
+                lambda name, platform: self._resolve_base(name, platform, request),
             )
             for warning in plan.warnings:
                 self.output(f"warning: {warning}")
@@ -152,13 +159,31 @@ class Builder:
                 state = run.execute()
                 return self._commit(state, request, run.build_time())
 
-    def _resolve_base(self, name: str, platform: Platform) -> BaseImageConfig | None:
+    def _resolve_base(
+        self, name: str, platform: Platform, request: BuildRequest
+    ) -> BaseImageConfig | None:
+        """A base image's config: from the store, else (or with ``--pull``) pulled first."""
         try:
-            image = self.store.image(name)
+            image = None if request.pull else self.store.image(name)
         except KilnError:
-            return None
+            image = None
+        if image is None:
+            try:
+                image = self._pull(name, platform, request)
+            except KilnError as err:
+                self.pull_errors[name] = str(err)
+                return None
         config = from_oci(image.config.get("config") or {})
         return BaseImageConfig(config.env, config.working_dir, config.user, config.onbuild)
+
+    def _pull(self, name: str, platform: Platform, request: BuildRequest) -> StoredImage:
+        from kiln.registry import RegistryClient, pull_image
+
+        reference = Reference.parse(name)
+        insecure = True if reference.registry in request.insecure_registries else None
+        self.output(f"pulling {reference.familiar}")
+        with RegistryClient(reference.registry, insecure=insecure) as client:
+            return pull_image(self.store, reference, client, platform=platform, output=self.output)
 
     def _commit(self, state: _State, request: BuildRequest, built: float) -> StoredImage:
         """The image: its config and this build's history entries dated ``built``, so that a
@@ -177,7 +202,7 @@ class Builder:
             "created": created,
             **({"author": config.author} if config.author else {}),
             "config": to_oci(config),
-            "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in state.layers]},
+            "rootfs": {"type": "layers", "diff_ids": list(state.diff_ids)},
             "history": state.history,
         }
         config_bytes = canonical_json(image_config)
@@ -294,10 +319,12 @@ class _Run:
         try:
             image = self.store.image(stage.base)
         except KilnError:
+            why = self.builder.pull_errors.get(stage.base, "")
             raise self.error(
                 stage.stage.from_,
-                f"base image {stage.base!r} is not in kiln's store",
-                "make it with kiln import, or load it with kiln load",
+                f"base image {stage.base!r} is not in kiln's store"
+                + (f" and cannot be pulled: {why}" if why else ""),
+                "make it with kiln import or kiln load, or push it to a registry you can reach",
             ) from None
         config = from_oci(image.config.get("config") or {})
         platform = Platform(
@@ -307,7 +334,7 @@ class _Run:
         )
         return _State(
             image.layers, replace(config, onbuild=()), list(image.config.get("history") or []),
-            platform, image.manifest_digest,
+            platform, image.manifest_digest, diff_ids=list(image.diff_ids),
         )  # fmt: skip
 
     # -- steps
@@ -403,6 +430,7 @@ class _Run:
     def add_layer(self, state: _State, entry: dict[str, object], diff_id: str, size: int) -> None:
         if diff_id:
             state.layers.append(Descriptor(LAYER, diff_id, size))
+            state.diff_ids.append(diff_id)
             state.history.append(entry)
         else:
             state.history.append({**entry, "empty_layer": True})

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from kiln.errors import KilnError
-from kiln.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX
+from kiln.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, open_decompressed
 from kiln.store.store import Store
 
 
@@ -44,7 +44,7 @@ class Snapshots:
         target = self.path(diff_id)
         if target.is_dir():
             return target
-        with self.store.blob_path(diff_id).open("rb") as blob, self.staging() as staging:
+        with open_decompressed(self.store.blob_path(diff_id)) as blob, self.staging() as staging:
             unpack_layer(blob, staging)
             self.adopt(staging, diff_id)
         return target

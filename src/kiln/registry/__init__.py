@@ -8,6 +8,7 @@ from kiln.registry.credentials import (
     remove_login,
     save_login,
 )
+from kiln.registry.pull import PullError, pull_image
 from kiln.registry.push import COMPRESSIONS, FORMATS, Pushed, PushError, push_image
 
 __all__ = [
@@ -16,12 +17,14 @@ __all__ = [
     "Credentials",
     "CredentialsError",
     "Manifest",
+    "PullError",
     "PushError",
     "Pushed",
     "RegistryClient",
     "RegistryError",
     "credentials_for",
     "is_loopback",
+    "pull_image",
     "push_image",
     "remove_login",
     "save_login",

@@ -153,7 +153,7 @@ class RegistryClient:
             self._check(done, what, expected=(201,))
             return
 
-    def get_blob(self, repository: str, digest: str, sink: Callable[[bytes], None]) -> int:
+    def get_blob(self, repository: str, digest: str, sink: Callable[[bytes], object]) -> int:
         """Stream a blob into ``sink``, checking its digest; returns its size."""
         path = f"/v2/{repository}/blobs/{digest}"
         response = self._request("GET", path, repository, stream=True)

@@ -139,14 +139,24 @@ def _compress(source: BinaryIO, out: HashingWriter, compression: str) -> None:
 def _upload(
     store: Store, client: RegistryClient, repository: str, blob: Descriptor, output: Output
 ) -> int:
-    """1 if ``blob`` was uploaded, 0 if the registry had it."""
+    """1 if ``blob`` was uploaded, 0 if the registry had it or could link it from another
+    of its repositories."""
+    uploaded = 0
     if client.blob_exists(repository, blob.digest):
         output(f"{_short(blob.digest)}: layer already exists")
-        return 0
-    path = store.blob_path(blob.digest)
-    client.upload_blob(repository, blob.digest, os.path.getsize(path), file_chunks(path))
-    output(f"{_short(blob.digest)}: pushed")
-    return 1
+    elif any(
+        client.mount_blob(repository, blob.digest, source)
+        for source in store.sources(blob.digest, client.host)
+        if source != repository
+    ):
+        output(f"{_short(blob.digest)}: mounted from another repository")
+    else:
+        path = store.blob_path(blob.digest)
+        client.upload_blob(repository, blob.digest, os.path.getsize(path), file_chunks(path))
+        output(f"{_short(blob.digest)}: pushed")
+        uploaded = 1
+    store.remember_source(blob.digest, client.host, repository)
+    return uploaded
 
 
 def _short(digest: str) -> str:

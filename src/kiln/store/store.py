@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS tags (
     name TEXT PRIMARY KEY,       -- full reference: docker.io/library/busybox:latest
     manifest TEXT NOT NULL REFERENCES images(manifest)
 );
+CREATE TABLE IF NOT EXISTS sources (
+    blob TEXT NOT NULL,          -- a blob's digest
+    registry TEXT NOT NULL,      -- a repository known to hold it, for cross-repository mounts
+    repository TEXT NOT NULL,
+    PRIMARY KEY (blob, registry, repository)
+);
 CREATE TABLE IF NOT EXISTS compressed (
     layer TEXT NOT NULL,         -- the diff_id of a layer stored uncompressed
     algorithm TEXT NOT NULL,     -- gzip or zstd
@@ -91,6 +97,11 @@ class StoredImage:
     @property
     def layers(self) -> list[Descriptor]:
         return [Descriptor.from_json(d) for d in self.manifest["layers"]]
+
+    @property
+    def diff_ids(self) -> list[str]:
+        """The digest of each layer uncompressed (a pulled layer's blob is compressed)."""
+        return [str(d) for d in (self.config.get("rootfs") or {}).get("diff_ids") or []]
 
 
 class Store:
@@ -239,11 +250,32 @@ class Store:
                 (diff_id, algorithm, digest, size),
             )
 
+    # -- where blobs are known to live in registries
+
+    def remember_source(self, digest: str, registry: str, repository: str) -> None:
+        with self._db_lock:
+            self.db.execute(
+                "INSERT OR IGNORE INTO sources VALUES (?, ?, ?)", (digest, registry, repository)
+            )
+
+    def sources(self, digest: str, registry: str) -> list[str]:
+        """Repositories of ``registry`` that are known to hold ``digest``."""
+        with self._db_lock:
+            rows = self.db.execute(
+                "SELECT repository FROM sources WHERE blob = ? AND registry = ?",
+                (digest, registry),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     # -- images and tags
 
     def add_image(self, manifest: dict[str, Any], tags: list[Reference]) -> StoredImage:
         """Record an image whose config and layer blobs are already stored, and tag it."""
-        manifest_bytes = canonical_json(manifest)
+        return self.add_manifest(canonical_json(manifest), tags)
+
+    def add_manifest(self, manifest_bytes: bytes, tags: list[Reference]) -> StoredImage:
+        """``add_image`` for a manifest kept byte for byte (a pulled one keeps its digest)."""
+        manifest = json.loads(manifest_bytes)
         config = Descriptor.from_json(manifest["config"])
         layers = [Descriptor.from_json(d) for d in manifest["layers"]]
         for blob in (config, *layers):
@@ -398,6 +430,9 @@ class Store:
                 keep.add(blob)
             else:
                 self.db.execute("DELETE FROM compressed WHERE layer = ?", (layer,))
+        for (blob,) in self.db.execute("SELECT DISTINCT blob FROM sources").fetchall():
+            if blob not in keep:
+                self.db.execute("DELETE FROM sources WHERE blob = ?", (blob,))
         freed = 0
         for path in self.blobs.iterdir():
             if "sha256:" + path.name not in keep:

@@ -1,0 +1,108 @@
+"""Pulling an image from a registry into the store, digests and all.
+
+An index (or Docker manifest list) is resolved to the manifest of the platform asked for;
+that manifest is stored byte for byte, so the image keeps the digest the registry gave it.
+Layers are stored as the registry serves them (compressed): each is fetched at most once,
+several at a time, its digest checked while it streams; a layer the store has is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kiln.dockerfile.platform import Platform
+from kiln.errors import KilnError
+from kiln.oci.layer import HashingWriter
+from kiln.oci.objects import DOCKER_MANIFEST, INDEX, MANIFEST, Descriptor
+from kiln.reference import Reference
+from kiln.registry.client import RegistryClient
+from kiln.store import Store, StoredImage
+
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+_ACCEPT = (MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST)
+_PARALLEL = 4
+
+Output = Callable[[str], None]
+
+
+class PullError(KilnError):
+    """An image that cannot be pulled as asked."""
+
+
+def pull_image(
+    store: Store,
+    reference: Reference,
+    client: RegistryClient,
+    *,
+    platform: Platform | None = None,
+    output: Output = lambda line: None,
+) -> StoredImage:
+    """Fetch ``reference`` into ``store`` and tag it there; returns the stored image."""
+    platform = platform or Platform("linux", "amd64")
+    repository = reference.repository
+    found = client.get_manifest(repository, reference.digest or reference.tag, _ACCEPT)
+    manifest = _parse(found.data, reference)
+    media_type = manifest.get("mediaType") or found.media_type
+    if media_type in (INDEX, DOCKER_LIST) or "manifests" in manifest:
+        chosen = _choose(manifest, platform, reference)
+        found = client.get_manifest(repository, chosen, _ACCEPT)
+        manifest = _parse(found.data, reference)
+    if manifest.get("schemaVersion") != 2 or "config" not in manifest:
+        raise PullError(f"{reference}: only schema 2 (OCI or Docker) manifests can be pulled")
+    config = Descriptor.from_json(manifest["config"])
+    layers = [Descriptor.from_json(d) for d in manifest["layers"]]
+    with store.writing(), ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
+        list(pool.map(lambda blob: _fetch(store, client, repository, blob, output),
+                      [config, *layers]))  # fmt: skip
+        tags = [reference] if reference.tag else []
+        image = store.add_manifest(found.data, tags)
+    output(f"Digest: {found.digest}")
+    return image
+
+
+def _parse(data: bytes, reference: Reference) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        raise PullError(f"{reference}: the registry served a manifest that is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise PullError(f"{reference}: the registry served a manifest that is not an object")
+    return parsed
+
+
+def _choose(index: dict[str, Any], platform: Platform, reference: Reference) -> str:
+    """The digest of the manifest for ``platform`` (its variant, if it names one)."""
+    offered = []
+    for entry in index.get("manifests") or []:
+        wanted = entry.get("platform") or {}
+        offered.append(f"{wanted.get('os')}/{wanted.get('architecture')}")
+        same = (wanted.get("os"), wanted.get("architecture")) == (
+            platform.os, platform.architecture,
+        )  # fmt: skip
+        if same and (not platform.variant or wanted.get("variant") == platform.variant):
+            return str(entry["digest"])
+    raise PullError(
+        f"{reference} has no image for {platform.os}/{platform.architecture}"
+        f" (it has {', '.join(offered) or 'none'})"
+    )
+
+
+def _fetch(
+    store: Store, client: RegistryClient, repository: str, blob: Descriptor, output: Output
+) -> None:
+    store.remember_source(blob.digest, client.host, repository)  # a push may mount it
+    if store.has_blob(blob.digest):
+        output(f"{blob.digest.removeprefix('sha256:')[:12]}: already exists")
+        return
+
+    def download(out: HashingWriter) -> None:
+        client.get_blob(repository, blob.digest, out.write)
+
+    digest, size = store.put_blob_stream(download)
+    if digest != blob.digest or size != blob.size:
+        raise PullError(f"{blob.digest} from {client.host}/{repository} is not what its "
+                        "manifest describes")  # fmt: skip
+    output(f"{blob.digest.removeprefix('sha256:')[:12]}: pull complete")

@@ -1,0 +1,129 @@
+"""kiln pull, and FROM an image in a registry: digests kept, layers used compressed,
+images pushed by docker read as well as kiln's own, indexes resolved by platform."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiln.oci.objects import INDEX, canonical_json
+from kiln.registry import RegistryClient
+from tests.engines import DockerEngine
+from tests.registries import Registry
+from tests.registry.test_push import invoke, kiln_root  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("runc") is None or os.geteuid() != 0,
+    reason="building needs root and runc (.ci/run installs it)",
+)
+
+
+def fresh_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
+    root = tmp_path / name
+    monkeypatch.setenv("KILN_ROOT", str(root))
+    return root
+
+
+def test_a_pulled_image_keeps_its_digest_and_runs(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = f"{registry.host}/team/app:1"
+    pushed = invoke("push", "-q", "app:1", target).output.strip()
+    fresh_store(tmp_path, monkeypatch, "elsewhere")
+    output = invoke("pull", target).output
+    assert output.count("pull complete") == 4
+    image = json.loads(invoke("inspect", target).output)[0]
+    assert image["Manifest"] == pushed
+    assert invoke("run", "--rm", target).output == "hello from kiln\nbuilt\n"
+    again = invoke("pull", target).output
+    assert "pull complete" not in again and again.count("already exists") == 4
+
+
+def test_from_an_image_in_a_registry(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = f"{registry.host}/base:1"
+    invoke("push", "app:1", base)
+    fresh_store(tmp_path, monkeypatch, "builder")
+    context = tmp_path / "derived"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f'FROM {base}\nRUN cat /hello.txt > /copy.txt\nCMD ["cat", "/copy.txt"]\n'
+    )
+    invoke("build", "-t", "derived:1", str(context))
+    assert invoke("run", "--rm", "derived:1").output == "hello from kiln\n"
+    output = invoke("push", "derived:1", f"{registry.host}/derived:1").output
+    # the base's layers are linked from the repository they were pulled from
+    assert output.count("mounted from another repository") == 3
+    assert output.count(": pushed") == 2
+
+
+def test_a_missing_remote_base_names_the_line_and_the_registry(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    context = tmp_path / "missing"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {registry.host}/nothing:1\nRUN true\n")
+    result = invoke("build", str(context), ok=False)
+    assert result.exit_code == 1
+    assert "Dockerfile:1" in result.output and "not found on" in result.output
+
+
+def test_an_image_docker_pushed_is_a_base_for_kiln(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    docker_engine: DockerEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    archive = tmp_path / "app.tar"
+    invoke("save", "-o", str(archive), "app:1")
+    docker_engine.run("load", "-i", str(archive))
+    remote = f"{registry.host}/from-docker:1"
+    docker_engine.run("tag", "app:1", remote)
+    docker_engine.run("push", remote)
+    fresh_store(tmp_path, monkeypatch, "from-docker")
+    invoke("pull", remote)
+    assert invoke("run", "--rm", remote).output == "hello from kiln\nbuilt\n"
+
+
+def test_an_index_resolves_to_the_platform_asked_for(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    busybox_rootfs: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    amd64 = invoke("push", "-q", "app:1", f"{registry.host}/multi:amd64").output.strip()
+    invoke("import", "--platform", "linux/arm64", str(busybox_rootfs), "busybox:arm64")
+    arm64 = invoke("push", "-q", "busybox:arm64", f"{registry.host}/multi:arm64").output.strip()
+    with RegistryClient(registry.host) as client:
+        entries = []
+        for digest, arch in ((amd64, "amd64"), (arm64, "arm64")):
+            found = client.get_manifest(
+                "multi", digest, ["application/vnd.oci.image.manifest.v1+json"]
+            )
+            platform = {"os": "linux", "architecture": arch}
+            entries.append({"mediaType": found.media_type, "digest": digest,
+                            "size": len(found.data), "platform": platform})  # fmt: skip
+        index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": entries}
+        client.put_manifest("multi", "1", canonical_json(index), INDEX)
+    fresh_store(tmp_path, monkeypatch, "multi")
+    invoke("pull", "--platform", "linux/amd64", f"{registry.host}/multi:1")
+    assert json.loads(invoke("inspect", f"{registry.host}/multi:1").output)[0]["Manifest"] == amd64
+    invoke("pull", "--platform", "linux/arm64", f"{registry.host}/multi:1")
+    assert json.loads(invoke("inspect", f"{registry.host}/multi:1").output)[0]["Manifest"] == arm64
+    missing = invoke("pull", "--platform", "linux/s390x", f"{registry.host}/multi:1", ok=False)
+    assert "has no image for linux/s390x (it has linux/amd64, linux/arm64)" in missing.output
