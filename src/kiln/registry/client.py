@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import re
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -84,6 +85,7 @@ class RegistryClient:
         self._scheme = "" if self.insecure else "https"
         self._basic = False
         self._tokens: dict[str, str] = {}
+        self._token_lock = threading.Lock()  # parallel uploads share one token per scope
         verify: ssl.SSLContext | bool = False
         if not self.insecure:
             verify = ssl.create_default_context()
@@ -274,10 +276,19 @@ class RegistryClient:
         if self._basic and self.credentials is not None:
             pair = f"{self.credentials.username}:{self.credentials.password}".encode()
             return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
-        token = self._tokens.get(scope)
+        token = self._tokens.get(scope) or next(
+            (t for granted, t in self._tokens.items() if _covers(granted, scope)), None
+        )
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _authenticate(self, response: httpx.Response, scope: str) -> None:
+        with self._token_lock:
+            sent = response.request.headers.get("Authorization")
+            if sent != self._authorization(scope).get("Authorization"):
+                return  # another thread authenticated meanwhile: try again with its token
+            self._answer_challenge(response, scope)
+
+    def _answer_challenge(self, response: httpx.Response, scope: str) -> None:
         challenge = response.headers.get("WWW-Authenticate", "")
         kind = challenge.split(" ", 1)[0].lower()
         params = dict(_CHALLENGE_PARAM.findall(challenge))
@@ -355,6 +366,19 @@ class RegistryClient:
         else:
             message = f"{what}: {self.host} answered {status}"
         raise RegistryError(message + (f" ({detail})" if detail else ""), status)
+
+
+def _covers(granted: str, wanted: str) -> bool:
+    """Whether a token for the scopes ``granted`` also serves the scopes ``wanted``."""
+    have: dict[str, set[str]] = {}
+    for scope in granted.split():
+        resource, _, actions = scope.rpartition(":")
+        have.setdefault(resource, set()).update(actions.split(","))
+    for scope in wanted.split():
+        resource, _, actions = scope.rpartition(":")
+        if not set(actions.split(",")) <= have.get(resource, set()):
+            return False
+    return bool(wanted)
 
 
 def stream_open(response: httpx.Response) -> bool:

@@ -1,0 +1,72 @@
+"""A registry that fails: a proxy in front of it drops connections and answers 500. kiln
+retries what can be retried, and a push that fails for good leaves the store as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.registries import FaultyProxy, Registry
+from tests.registry.test_push import invoke, kiln_root, skopeo  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("runc") is None or os.geteuid() != 0,
+    reason="building needs root and runc (.ci/run installs it)",
+)
+
+
+def flaky(number: int, method: str, path: str) -> str:
+    """Every third request gets a 500 and every fifth is dropped unanswered."""
+    if number % 5 == 0:
+        return "drop"
+    return "500" if number % 3 == 0 else ""
+
+
+def test_push_and_pull_recover_from_drops_and_500s(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = FaultyProxy(registry.host, flaky)
+    try:
+        pushed = invoke("push", "-q", "app:1", f"{proxy.host}/app:1").output.strip()
+        assert any(i.startswith("500") for i in proxy.injected)
+        assert any(i.startswith("drop") for i in proxy.injected)
+        direct = json.loads(skopeo("inspect", "--tls-verify=false",
+                                   f"docker://{registry.host}/app:1"))  # fmt: skip
+        assert direct["Digest"] == pushed
+        monkeypatch.setenv("KILN_ROOT", str(tmp_path / "puller"))
+        invoke("pull", f"{proxy.host}/app:1")
+        assert invoke("run", "--rm", f"{proxy.host}/app:1").output == "hello from kiln\nbuilt\n"
+    finally:
+        proxy.stop()
+
+
+def test_a_push_that_fails_for_good_leaves_the_store_intact(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+) -> None:
+    def broken_uploads(number: int, method: str, path: str) -> str:
+        return "500" if method == "PUT" and "/blobs/uploads/" in path else ""
+
+    images_before = invoke("images").output
+    proxy = FaultyProxy(registry.host, broken_uploads)
+    try:
+        failed = invoke("push", "app:1", f"{proxy.host}/app:1", ok=False)
+    finally:
+        proxy.stop()
+    assert failed.exit_code == 1 and "answered 500" in failed.output
+    assert invoke("images").output == images_before
+    blobs = kiln_root / "blobs" / "sha256"
+    for blob in blobs.iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    assert not any((kiln_root / "tmp").iterdir())
+    # the compressed layers made on the way are kept, and the next push uses them
+    again = invoke("push", "app:1", f"{registry.host}/app:1").output
+    assert "compressing" not in again and again.count(": pushed") == 4
