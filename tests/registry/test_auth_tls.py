@@ -13,6 +13,7 @@ import pytest
 
 from kiln.reference import Reference
 from kiln.registry import RegistryClient, RegistryError, push_image
+from kiln.registry.client import file_chunks
 from kiln.store import Store
 from tests.registries import Registry, TokenServer, make_certificate, start_registry
 from tests.registry.test_push import invoke, kiln_root, skopeo  # noqa: F401 (a fixture)
@@ -85,3 +86,24 @@ def test_tls_verified_with_the_registry_ca(
 
 def pushed_config(store: Store) -> str:
     return store.image("app:1").config_digest
+
+
+def test_a_large_blob_goes_up_in_chunks(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+) -> None:
+    """Chunked upload (PATCH with Content-Range), here with 64 KiB chunks of a layer."""
+    store = Store(kiln_root)
+    image = store.image("app:1")
+    layer = max(image.layers, key=lambda d: d.size)
+    path = store.blob_path(layer.digest)
+    with RegistryClient(registry.host) as client:
+        client.upload_blob(
+            "chunked", layer.digest, layer.size, file_chunks(path, 16 << 10),
+            chunked_above=0, chunk_size=64 << 10,
+        )  # fmt: skip
+        assert client.blob_exists("chunked", layer.digest)
+        received = bytearray()
+        client.get_blob("chunked", layer.digest, received.extend)
+    assert bytes(received) == path.read_bytes()
+    assert layer.size > 3 * (64 << 10)  # so that it took several PATCHes

@@ -14,7 +14,7 @@ from kiln.oci.objects import INDEX, canonical_json
 from kiln.registry import RegistryClient
 from tests.engines import DockerEngine
 from tests.registries import Registry
-from tests.registry.test_push import invoke, kiln_root  # noqa: F401 (a fixture)
+from tests.registry.test_push import invoke, kiln_root, skopeo  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0,
@@ -127,3 +127,45 @@ def test_an_index_resolves_to_the_platform_asked_for(
     assert json.loads(invoke("inspect", f"{registry.host}/multi:1").output)[0]["Manifest"] == arm64
     missing = invoke("pull", "--platform", "linux/s390x", f"{registry.host}/multi:1", ok=False)
     assert "has no image for linux/s390x (it has linux/amd64, linux/arm64)" in missing.output
+
+
+def test_copy_from_a_remote_image_and_build_push(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    invoke("push", "app:1", f"{registry.host}/app:1")
+    fresh_store(tmp_path, monkeypatch, "copier")
+    context = tmp_path / "copier-context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM scratch\nCOPY --from={registry.host}/app:1 /hello.txt /copied.txt\n"
+    )
+    target = f"{registry.host}/copied:1"
+    output = invoke("build", "--push", "-t", target, "-o", f"type=local,dest={tmp_path / 'out'}",
+                    str(context)).output  # fmt: skip
+    assert (tmp_path / "out" / "copied.txt").read_text() == "hello from kiln\n"
+    assert f"pushed {target}@sha256:" in output
+    inspected = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{target}"))
+    assert len(inspected["Layers"]) == 1
+    no_tag = invoke("build", "--push", str(context), ok=False)
+    assert no_tag.exit_code == 2 and "--push needs at least one -t" in no_tag.output
+
+
+def test_a_parent_registry_serves_the_base_images(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """atomic-reactor's parent_registry: FROM names one registry, the pull goes to another."""
+    invoke("push", "app:1", f"{registry.host}/team/base:7")
+    fresh_store(tmp_path, monkeypatch, "parent")
+    context = tmp_path / "parent-context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM registry.example.com/team/base:7\nRUN true\n")
+    invoke("build", "--parent-registry", registry.host, "-t", "child:1", str(context))
+    assert invoke("run", "--rm", "child:1").output == "hello from kiln\nbuilt\n"
+    tags = json.loads(invoke("inspect", "registry.example.com/team/base:7").output)[0]["RepoTags"]
+    assert "registry.example.com/team/base:7" in tags

@@ -332,6 +332,11 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
 )  # fmt: skip
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
 @click.option("--pull", is_flag=True, help="Check the registry for newer base images.")
+@click.option("--push", is_flag=True, help="Push every -t tag to its registry after the build.")
+@click.option(
+    "--parent-registry", default="", metavar="HOST",
+    help="Pull base images from HOST, whatever registry their names say.",
+)  # fmt: skip
 @click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST", help=_INSECURE_HELP)
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def build_command(
@@ -350,6 +355,8 @@ def build_command(
     isolation: str | None,
     iidfile: Path | None,
     pull: bool,
+    push: bool,
+    parent_registry: str,
     insecure: tuple[str, ...],
     context: Path,
 ) -> None:
@@ -366,6 +373,8 @@ def build_command(
 
         for tag in tags:
             Reference.parse(tag)  # a bad tag or output fails before the build, not after
+        if push and not tags:
+            raise click.UsageError("--push needs at least one -t NAME to push to")
         exports = [parse_output(spec) for spec in outputs]
         request = BuildRequest(
             context=context,
@@ -380,6 +389,7 @@ def build_command(
             secrets=_parse_secrets(secrets),
             pull=pull,
             insecure_registries=insecure,
+            parent_registry=parent_registry,
         )
         output = printer("quiet" if quiet else progress)
         store = _store()
@@ -391,6 +401,14 @@ def build_command(
             if load:
                 for name in load_into_docker(store, image, tags):
                     output(f"Loaded image: {name}")
+            if push:
+                from kiln.registry import push_image
+
+                for tag in tags:
+                    reference = Reference.parse(tag)
+                    with _client(reference.registry, insecure) as client:
+                        pushed = push_image(store, image.id, reference, client, output=output)
+                    output(f"pushed {reference.familiar}@{pushed.digest}")
         finally:
             output.close()
         if iidfile is not None:

@@ -99,6 +99,7 @@ class BuildRequest:
     secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=NAME,src=FILE
     pull: bool = False  # check the registry for a newer base image even if one is stored
     insecure_registries: tuple[str, ...] = ()  # plain HTTP or unverified TLS allowed
+    parent_registry: str = ""  # pull base images from here, whatever registry they name
 
 
 @dataclass
@@ -169,21 +170,28 @@ class Builder:
             image = None
         if image is None:
             try:
-                image = self._pull(name, platform, request)
+                image = self.pull(name, platform, request)
             except KilnError as err:
                 self.pull_errors[name] = str(err)
                 return None
         config = from_oci(image.config.get("config") or {})
         return BaseImageConfig(config.env, config.working_dir, config.user, config.onbuild)
 
-    def _pull(self, name: str, platform: Platform, request: BuildRequest) -> StoredImage:
+    def pull(self, name: str, platform: Platform, request: BuildRequest) -> StoredImage:
         from kiln.registry import RegistryClient, pull_image
 
-        reference = Reference.parse(name)
+        named = Reference.parse(name)
+        reference = named
+        if request.parent_registry:  # atomic-reactor's parent_registry
+            reference = replace(named, registry=request.parent_registry)
         insecure = True if reference.registry in request.insecure_registries else None
         self.output(f"pulling {reference.familiar}")
         with RegistryClient(reference.registry, insecure=insecure) as client:
-            return pull_image(self.store, reference, client, platform=platform, output=self.output)
+            image = pull_image(self.store, reference, client, platform=platform, output=self.output)
+        if reference != named and named.tag:
+            self.store.tag(image.manifest_digest, named)  # found under the name it was asked by
+            image = self.store.image(image.manifest_digest)
+        return image
 
     def _commit(self, state: _State, request: BuildRequest, built: float) -> StoredImage:
         """The image: its config and this build's history entries dated ``built``, so that a
@@ -262,6 +270,7 @@ class _Run:
         self.counter = threading.Lock()
         self.current = threading.local()  # .number: the step this thread is running
         self.failed = threading.Event()
+        self.pulling = threading.Lock()  # parallel stages naming one image pull it once
 
     def build_time(self) -> float:
         """When this image was built: now, or, if every step came from the cache, when the
@@ -518,7 +527,7 @@ class _Run:
             if found is not None and found.index in self.states:
                 parts["from"] = self.states[found.index].key
             else:
-                parts["from"] = self.store.resolve(instruction.from_)
+                parts["from"] = self.image(instruction, instruction.from_).manifest_digest
             return parts
         selected = self.select(instruction, self.request.context, self.visible)
         files = hashlib.sha256()  # thousands of entries: hashed here, not spelled out in JSON
@@ -747,12 +756,7 @@ class _Run:
         if found is not None and found.index in self.states:
             layers = self.states[found.index].layers
         else:
-            try:
-                layers = self.store.image(name).layers
-            except KilnError:
-                raise self.error(
-                    instruction, f"--from: image {name!r} is not in kiln's store"
-                ) from None
+            layers = self.image(instruction, name).layers
         target = self.work / f"from-{uuid.uuid4().hex[:8]}"
         target.mkdir()
         lowers = [self.snapshots.get(layer.digest) for layer in layers]
@@ -762,6 +766,21 @@ class _Run:
         work.mkdir()
         with mounted(lowers, upper, work, target, kind=self.builder.kind):
             yield target
+
+    def image(self, instruction: Instruction, name: str) -> StoredImage:
+        """An image a step names (``--from``): from the store, else pulled (once)."""
+        with self.pulling:
+            try:
+                return self.store.image(name)
+            except KilnError:
+                pass
+            try:
+                return self.builder.pull(name, self.current.state.platform, self.request)
+            except KilnError as err:
+                raise self.error(
+                    instruction, f"--from: image {name!r} is not in kiln's store and cannot "
+                    f"be pulled: {err}",
+                ) from None  # fmt: skip
 
     def select(self, instruction: Copy | Add, root: Path, visible: set[str] | None) -> list[str]:
         """The source paths (relative to ``root``) a COPY or ADD names, after .dockerignore."""

@@ -27,6 +27,10 @@ from kiln.registry.credentials import Credentials, credentials_for
 
 CERTS_DIR = Path("/etc/docker/certs.d")
 _RETRIES = 5
+# Blobs above this size go up in chunks (PATCH with Content-Range), each small enough for
+# proxies that limit request bodies; below it, one streamed PUT.
+CHUNKED_ABOVE = 256 << 20
+CHUNK_SIZE = 64 << 20
 _RETRIED_STATUS = {429, 500, 502, 503, 504}
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 # Docker Hub is addressed as docker.io in references, served from another host.
@@ -130,19 +134,36 @@ class RegistryClient:
             self._request("DELETE", self._url(location, response), scope=scope)
         return False
 
-    def upload_blob(self, repository: str, digest: str, size: int, chunks: Chunks) -> None:
-        """Upload a blob: POST for a session, then one streamed PUT of ``chunks()``."""
+    def upload_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        chunks: Chunks,
+        *,
+        chunked_above: int = CHUNKED_ABOVE,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        """Upload a blob: POST for a session, then one streamed PUT of ``chunks()``, or for a
+        large blob PATCHes of ``chunk_size`` bytes and a closing PUT. A failed upload is
+        started again from the beginning."""
         scope = f"repository:{repository}:pull,push"
         what = f"blob {digest} to {self.host}/{repository}"
         for attempt in range(_RETRIES):
             started = self._request("POST", f"/v2/{repository}/blobs/uploads/", scope=scope)
             self._check(started, what, expected=(202,))
             location = self._url(started.headers["Location"], started)
-            url = _with_query(location, [("digest", digest)])
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            content: bytes | Iterable[bytes] = b""
             try:
+                if size > chunked_above:
+                    location = self._patch_chunks(location, scope, chunks(), chunk_size, what)
+                    headers = {"Content-Length": "0"}
+                else:
+                    content = chunks()
+                url = _with_query(location, [("digest", digest)])
                 done = self._request(
-                    "PUT", url, scope=scope, headers=headers, content=chunks(), retry=False
+                    "PUT", url, scope=scope, headers=headers, content=content, retry=False
                 )
             except RegistryError:
                 if attempt + 1 == _RETRIES:
@@ -154,6 +175,39 @@ class RegistryClient:
                 continue
             self._check(done, what, expected=(201,))
             return
+
+    def _patch_chunks(
+        self, location: str, scope: str, blocks: Iterable[bytes], chunk_size: int, what: str
+    ) -> str:
+        """Send ``blocks`` as PATCHes of about ``chunk_size`` bytes; the last Location."""
+        offset = 0
+        pending: list[bytes] = []
+        pending_size = 0
+
+        def send() -> str:
+            nonlocal offset
+            body = b"".join(pending)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(len(body)),
+                "Content-Range": f"{offset}-{offset + len(body) - 1}",
+            }
+            answer = self._request(
+                "PATCH", location, scope=scope, headers=headers, content=body, retry=False
+            )
+            self._check(answer, what, expected=(202,))
+            offset += len(body)
+            return self._url(answer.headers["Location"], answer)
+
+        for block in blocks:
+            pending.append(block)
+            pending_size += len(block)
+            if pending_size >= chunk_size:
+                location = send()
+                pending, pending_size = [], 0
+        if pending:
+            location = send()
+        return location
 
     def get_blob(self, repository: str, digest: str, sink: Callable[[bytes], object]) -> int:
         """Stream a blob into ``sink``, checking its digest; returns its size."""
