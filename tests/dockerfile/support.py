@@ -15,7 +15,7 @@ from kiln.dockerfile.plan import (
     Step,
     plan_build,
 )
-from kiln.dockerfile.platform import Platform
+from kiln.platform import Platform
 
 # A fixed target platform, so no test depends on the machine it runs on.
 AMD64 = Platform("linux", "amd64")

@@ -8,8 +8,8 @@ import pytest
 
 from kiln.dockerfile.instructions import Copy, Env, Run, Workdir
 from kiln.dockerfile.plan import BaseImageConfig, StagePlan
-from kiln.dockerfile.platform import Platform
 from kiln.errors import DockerfileError
+from kiln.platform import Platform
 from tests.dockerfile.support import DEFAULT_PATH, plan, steps, target_stage, warnings
 
 ARM64 = Platform("linux", "arm64")

@@ -248,7 +248,7 @@ def prune_command() -> None:
 @click.option("--platform", default=None, help="os/arch[/variant] of the image (default: host).")
 def import_command(source: Path, name: str, platform: str | None) -> None:
     """Make a base image from a root filesystem, as `docker import` does."""
-    from kiln.dockerfile.platform import Platform
+    from kiln.platform import Platform
     from kiln.store.transfer import import_rootfs
 
     image = import_rootfs(
@@ -472,7 +472,7 @@ def push_command(
 @click.argument("image")
 def pull_command(platform: str, insecure: tuple[str, ...], quiet: bool, image: str) -> None:
     """Pull IMAGE from its registry into the store."""
-    from kiln.dockerfile.platform import Platform
+    from kiln.platform import Platform
     from kiln.registry import pull_image
 
     reference = Reference.parse(image)

@@ -13,8 +13,8 @@ from kiln.dockerfile.plan import (
     Step,
     plan_build,
 )
-from kiln.dockerfile.platform import Platform, PlatformError
 from kiln.dockerfile.shell import Expansion, ShellError, ShellLex
+from kiln.platform import Platform, PlatformError
 
 __all__ = [
     "BaseImageConfig",

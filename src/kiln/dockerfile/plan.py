@@ -28,10 +28,10 @@ from kiln.dockerfile.instructions import (
 )
 from kiln.dockerfile.mounts import MountError, parse_mount
 from kiln.dockerfile.parser import parse
-from kiln.dockerfile.platform import Platform, PlatformError
 from kiln.dockerfile.shell import ShellError, ShellLex
 from kiln.dockerfile.suggest import closest
 from kiln.errors import DockerfileError
+from kiln.platform import Platform, PlatformError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Build args every build accepts without an ARG: passed to RUN steps, kept out of the image.

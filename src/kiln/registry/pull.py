@@ -13,13 +13,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kiln.dockerfile.platform import Platform
 from kiln.errors import KilnError
 from kiln.oci.layer import HashingWriter
 from kiln.oci.objects import DOCKER_MANIFEST, INDEX, MANIFEST, Descriptor
+from kiln.platform import Platform
 from kiln.reference import Reference
 from kiln.registry.client import RegistryClient
 from kiln.store import Store, StoredImage
+from kiln.store.store import StoreError
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 _ACCEPT = (MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST)
@@ -98,11 +99,15 @@ def _fetch(
         output(f"{blob.digest.removeprefix('sha256:')[:12]}: already exists")
         return
 
-    def download(out: HashingWriter) -> None:
-        client.get_blob(repository, blob.digest, out.write)
+    def download(out: HashingWriter) -> None:  # the store checks the digest as it writes
+        client.get_blob(repository, blob.digest, out.write, verify=False)
 
-    digest, size = store.put_blob_stream(download)
-    if digest != blob.digest or size != blob.size:
-        raise PullError(f"{blob.digest} from {client.host}/{repository} is not what its "
-                        "manifest describes")  # fmt: skip
+    try:
+        _, size = store.put_blob_stream(download, expected=blob.digest)
+    except StoreError:
+        raise PullError(f"{blob.digest} from {client.host}/{repository} has another digest: "
+                        "the registry served other content") from None  # fmt: skip
+    if size != blob.size:
+        raise PullError(f"{blob.digest} from {client.host}/{repository} is {size} bytes, "
+                        f"not the {blob.size} its manifest says")  # fmt: skip
     output(f"{blob.digest.removeprefix('sha256:')[:12]}: pull complete")

@@ -190,8 +190,11 @@ class Store:
             self._write_atomic(path, data)
         return digest
 
-    def put_blob_stream(self, write: Callable[[HashingWriter], None]) -> tuple[str, int]:
-        """Store what ``write`` writes, hashing it on the way; returns (digest, size)."""
+    def put_blob_stream(
+        self, write: Callable[[HashingWriter], None], expected: str | None = None
+    ) -> tuple[str, int]:
+        """Store what ``write`` writes, hashing it on the way; returns (digest, size). With
+        ``expected``, content of another digest is refused and nothing is stored."""
         fd, temp = tempfile.mkstemp(dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -200,6 +203,8 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             digest = hashing.digest
+            if expected and digest != expected:
+                raise StoreError(f"blob content does not match its digest {expected}")
             path = self.blob_path(digest)
             if path.exists():
                 os.unlink(temp)

@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from kiln.dockerfile.platform import Platform
 from kiln.errors import KilnError
 from kiln.oci.layer import HashingWriter, open_decompressed, write_dir_layer
 from kiln.oci.objects import (
@@ -32,6 +31,7 @@ from kiln.oci.objects import (
     canonical_json,
     image_manifest,
 )
+from kiln.platform import Platform
 from kiln.reference import Reference
 from kiln.store.store import Store, StoredImage
 
