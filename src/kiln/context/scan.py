@@ -134,7 +134,14 @@ class DigestCache:
         self.path = path or default_root() / "cache" / "context.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        for attempt in range(50):  # SQLite does not wait when two switch a new file to WAL
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.05)
         self.db.execute("PRAGMA synchronous=NORMAL")
         if self._version() != _SCHEMA_VERSION:
             self._start_afresh()

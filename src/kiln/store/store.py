@@ -125,9 +125,11 @@ class Store:
             self.root / "kiln.db", timeout=60, isolation_level=None, check_same_thread=False
         )
         self._db_lock = threading.RLock()
-        self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        # Switching a new database to WAL needs it alone, and SQLite answers "locked" at
+        # once rather than waiting: processes opening the store together take turns.
         with self.lock():
+            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(_SCHEMA)
             if not (self.root / "index.json").exists():
                 self._write_index()
