@@ -13,6 +13,8 @@ from kiln.errors import KilnError
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
+# Other names of Docker Hub, folded to docker.io as the docker CLI folds them.
+_HUB_ALIASES = {"index.docker.io": DEFAULT_REGISTRY, "registry-1.docker.io": DEFAULT_REGISTRY}
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*\Z")
@@ -52,6 +54,7 @@ class Reference:
                 raise ReferenceError(f"invalid reference {text!r}: bad registry {registry!r}")
         else:
             registry, path = DEFAULT_REGISTRY, name
+        registry = _HUB_ALIASES.get(registry, registry)
         if registry == DEFAULT_REGISTRY and "/" not in path:
             path = "library/" + path
         if not _PATH.match(path):

@@ -133,3 +133,31 @@ def test_pushing_to_nowhere_is_a_clear_error(kiln_root: Path) -> None:
     result = invoke("push", "app:1", "127.0.0.1:9/app:1", ok=False)
     assert result.exit_code == 1
     assert "cannot reach 127.0.0.1:9" in result.output
+
+
+def test_transfers_report_their_progress(
+    kiln_root: Path, registry: Registry, tmp_path: Path
+) -> None:
+    """The library's progress callback (the CLI draws bars with it): every blob uploaded or
+    downloaded ends at its full size."""
+    from kiln.reference import Reference
+    from kiln.registry import RegistryClient, pull_image, push_image
+    from kiln.store import Store
+
+    store = Store(kiln_root)
+    sent: dict[str, tuple[int, int]] = {}
+    received: dict[str, tuple[int, int]] = {}
+
+    def on_send(digest: str, done: int, total: int) -> None:
+        sent[digest] = (done, total)
+
+    def on_receive(digest: str, done: int, total: int) -> None:
+        received[digest] = (done, total)
+
+    target = Reference.parse(f"{registry.host}/progress:1")
+    with RegistryClient(registry.host) as client:
+        push_image(store, "app:1", target, client, progress=on_send)
+    assert len(sent) == 4 and all(done == total > 0 for done, total in sent.values())
+    with RegistryClient(registry.host) as client:
+        pull_image(Store(tmp_path / "other"), target, client, progress=on_receive)
+    assert received == sent

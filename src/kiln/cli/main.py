@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -424,6 +426,13 @@ def build_command(
 # -- registries ----------------------------------------------------------------------------
 
 
+def _bars(quiet: bool) -> AbstractContextManager[Callable[[str, int, int], None] | None]:
+    """Transfer bars on a terminal, for pushes and pulls."""
+    from kiln.cli.progress import transfer_bars
+
+    return transfer_bars(not quiet and sys.stdout.isatty())
+
+
 def _client(host: str, insecure: tuple[str, ...]) -> RegistryClient:
     from kiln.registry import RegistryClient
 
@@ -457,10 +466,10 @@ def push_command(
     target = Reference.parse(destination or image)
     store = _store()
     store.image(image)  # a missing image fails before any connection is made
-    with _client(target.registry, insecure) as client:
+    with _client(target.registry, insecure) as client, _bars(quiet) as bars:
         pushed = push_image(
             store, image, target, client, compression=compression, format=image_format,
-            output=(lambda line: None) if quiet else click.echo,
+            output=(lambda line: None) if quiet else click.echo, progress=bars,
         )  # fmt: skip
     click.echo(pushed.digest if quiet else f"Pushed {target.familiar}@{pushed.digest}")
 
@@ -477,10 +486,10 @@ def pull_command(platform: str, insecure: tuple[str, ...], quiet: bool, image: s
 
     reference = Reference.parse(image)
     wanted = Platform.parse(platform) if platform else Platform.host()
-    with _client(reference.registry, insecure) as client:
+    with _client(reference.registry, insecure) as client, _bars(quiet) as bars:
         pulled = pull_image(
             _store(), reference, client, platform=wanted,
-            output=(lambda line: None) if quiet else click.echo,
+            output=(lambda line: None) if quiet else click.echo, progress=bars,
         )  # fmt: skip
     click.echo(pulled.id if quiet else f"Pulled {reference.familiar} ({pulled.id})")
 

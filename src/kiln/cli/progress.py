@@ -1,10 +1,14 @@
-"""How build progress reaches the terminal: ``--progress auto|plain|quiet``."""
+"""How build progress reaches the terminal (``--progress auto|plain|quiet``), and the
+bars of pushes and pulls."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -12,6 +16,7 @@ import click
 
 if TYPE_CHECKING:
     from rich.console import Group
+    from rich.progress import TaskID
 
 MODES = ("auto", "plain", "quiet")
 _TAIL = 5
@@ -112,3 +117,28 @@ def printer(mode: str) -> Progress:
     if mode == "plain" or not sys.stderr.isatty():
         return _Plain()
     return _Live()
+
+
+@contextlib.contextmanager
+def transfer_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A bar per blob for pushes and pulls on a terminal (``enabled``); None otherwise, where
+    the per-blob lines say enough."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+    from rich.progress import Progress as Bars
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn())  # fmt: skip
+    with Bars(*columns, transient=True) as bars:
+        tasks: dict[str, TaskID] = {}
+        lock = threading.Lock()
+
+        def report(digest: str, done: int, total: int) -> None:
+            with lock:
+                if digest not in tasks:
+                    tasks[digest] = bars.add_task(digest.removeprefix("sha256:")[:12], total=total)
+            bars.update(tasks[digest], completed=done)
+
+        yield report

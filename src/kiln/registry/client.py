@@ -37,6 +37,8 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 Chunks = Callable[[], Iterable[bytes]]
+# Told of a transfer's progress: (blob digest, bytes so far, bytes in all).
+Progress = Callable[[str, int, int], None]
 
 
 class RegistryError(KilnError):
@@ -474,12 +476,19 @@ def _pause(attempt: int, retry_after: str | None = None) -> None:
     time.sleep(delay)
 
 
-def file_chunks(path: Path, size: int = 1 << 20) -> Chunks:
-    """A re-readable stream of ``path`` (an upload may be retried)."""
+def file_chunks(
+    path: Path, size: int = 1 << 20, progress: Progress | None = None, digest: str = ""
+) -> Chunks:
+    """A re-readable stream of ``path`` (an upload may be retried), telling ``progress``."""
+    total = path.stat().st_size
 
     def chunks() -> Iterator[bytes]:
+        sent = 0
         with open(path, "rb") as f:
             while block := f.read(size):
                 yield block
+                sent += len(block)
+                if progress is not None:
+                    progress(digest, sent, total)
 
     return chunks

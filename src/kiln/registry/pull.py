@@ -18,7 +18,7 @@ from kiln.oci.layer import HashingWriter
 from kiln.oci.objects import DOCKER_MANIFEST, INDEX, MANIFEST, Descriptor
 from kiln.platform import Platform
 from kiln.reference import Reference
-from kiln.registry.client import RegistryClient
+from kiln.registry.client import Progress, RegistryClient
 from kiln.store import Store, StoredImage
 from kiln.store.store import StoreError
 
@@ -40,6 +40,7 @@ def pull_image(
     *,
     platform: Platform | None = None,
     output: Output = lambda line: None,
+    progress: Progress | None = None,
 ) -> StoredImage:
     """Fetch ``reference`` into ``store`` and tag it there; returns the stored image."""
     platform = platform or Platform("linux", "amd64")
@@ -56,7 +57,7 @@ def pull_image(
     config = Descriptor.from_json(manifest["config"])
     layers = [Descriptor.from_json(d) for d in manifest["layers"]]
     with store.writing(), ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
-        list(pool.map(lambda blob: _fetch(store, client, repository, blob, output),
+        list(pool.map(lambda blob: _fetch(store, client, repository, blob, output, progress),
                       [config, *layers]))  # fmt: skip
         tags = [reference] if reference.tag else []
         image = store.add_manifest(found.data, tags)
@@ -92,7 +93,12 @@ def _choose(index: dict[str, Any], platform: Platform, reference: Reference) -> 
 
 
 def _fetch(
-    store: Store, client: RegistryClient, repository: str, blob: Descriptor, output: Output
+    store: Store,
+    client: RegistryClient,
+    repository: str,
+    blob: Descriptor,
+    output: Output,
+    progress: Progress | None,
 ) -> None:
     store.remember_source(blob.digest, client.host, repository)  # a push may mount it
     if store.has_blob(blob.digest):
@@ -100,7 +106,16 @@ def _fetch(
         return
 
     def download(out: HashingWriter) -> None:  # the store checks the digest as it writes
-        client.get_blob(repository, blob.digest, out.write, verify=False)
+        received = 0
+
+        def write(chunk: bytes) -> None:
+            nonlocal received
+            out.write(chunk)
+            received += len(chunk)
+            if progress is not None:
+                progress(blob.digest, received, blob.size)
+
+        client.get_blob(repository, blob.digest, write, verify=False)
 
     try:
         _, size = store.put_blob_stream(download, expected=blob.digest)

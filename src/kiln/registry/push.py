@@ -31,7 +31,7 @@ from kiln.oci.objects import (
     canonical_json,
 )
 from kiln.reference import Reference
-from kiln.registry.client import RegistryClient, file_chunks
+from kiln.registry.client import Progress, RegistryClient, file_chunks
 from kiln.store import Store
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
@@ -71,6 +71,7 @@ def push_image(
     compression: str = "gzip",
     format: str = "oci",
     output: Output = lambda line: None,
+    progress: Progress | None = None,
 ) -> Pushed:
     """Push the stored image ``source`` (a tag or ID) to ``destination``."""
     if (format, compression) not in _LAYER_TYPES:
@@ -87,7 +88,10 @@ def push_image(
         )
         repository = destination.repository
         uploads = list(
-            pool.map(lambda d: _upload(store, client, repository, d, output), [*layers, config])
+            pool.map(
+                lambda d: _upload(store, client, repository, d, output, progress),
+                [*layers, config],
+            )
         )
     manifest = {
         "schemaVersion": 2,
@@ -137,7 +141,12 @@ def _compress(source: BinaryIO, out: HashingWriter, compression: str) -> None:
 
 
 def _upload(
-    store: Store, client: RegistryClient, repository: str, blob: Descriptor, output: Output
+    store: Store,
+    client: RegistryClient,
+    repository: str,
+    blob: Descriptor,
+    output: Output,
+    progress: Progress | None,
 ) -> int:
     """1 if ``blob`` was uploaded, 0 if the registry had it or could link it from another
     of its repositories."""
@@ -152,7 +161,8 @@ def _upload(
         output(f"{_short(blob.digest)}: mounted from another repository")
     else:
         path = store.blob_path(blob.digest)
-        client.upload_blob(repository, blob.digest, os.path.getsize(path), file_chunks(path))
+        chunks = file_chunks(path, progress=progress, digest=blob.digest)
+        client.upload_blob(repository, blob.digest, os.path.getsize(path), chunks)
         output(f"{_short(blob.digest)}: pushed")
         uploaded = 1
     store.remember_source(blob.digest, client.host, repository)
