@@ -169,3 +169,26 @@ def test_a_parent_registry_serves_the_base_images(
     assert invoke("run", "--rm", "child:1").output == "hello from kiln\nbuilt\n"
     tags = json.loads(invoke("inspect", "registry.example.com/team/base:7").output)[0]["RepoTags"]
     assert "registry.example.com/team/base:7" in tags
+
+
+def test_a_pulled_image_is_pushed_again_in_either_format(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    invoke("push", "app:1", f"{registry.host}/oci:1")
+    fresh_store(tmp_path, monkeypatch, "repusher")
+    invoke("pull", f"{registry.host}/oci:1")
+    invoke("push", "--format", "docker", f"{registry.host}/oci:1", f"{registry.host}/docker:1")
+    oci = json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                            f"docker://{registry.host}/oci:1"))  # fmt: skip
+    docker = json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                               f"docker://{registry.host}/docker:1"))  # fmt: skip
+    assert docker["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert [layer["digest"] for layer in docker["layers"]] == [
+        layer["digest"] for layer in oci["layers"]
+    ]  # the same compressed blobs: nothing was recompressed
+    assert {layer["mediaType"] for layer in docker["layers"]} == {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    }

@@ -362,7 +362,10 @@ class RegistryClient:
                 raise RegistryError(f"{self.host} needs a login: run kiln login {self.host}", 401)
             self._basic = True
         elif kind == "bearer" and "realm" in params:
-            self._tokens[scope] = self._fetch_token(params, scope)
+            # What the registry says it wants (an insufficient_scope answer names it) and
+            # what the request needs, in one token.
+            wanted = " ".join(dict.fromkeys(scope.split() + params.get("scope", "").split()))
+            self._tokens[scope] = self._fetch_token(params, wanted)
         else:
             raise RegistryError(f"{self.host} asks for an authentication kiln does not know", 401)
 

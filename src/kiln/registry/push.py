@@ -44,6 +44,7 @@ _LAYER_TYPES = {
     ("docker", "gzip"): DOCKER_LAYER_GZIP,
     ("docker", "uncompressed"): DOCKER_LAYER,
 }
+_GZIP_KINDS = {LAYER_GZIP: "gzip", DOCKER_LAYER_GZIP: "gzip"}
 _PARALLEL = 4
 
 Output = Callable[[str], None]
@@ -112,9 +113,15 @@ def _layer_blob(
 ) -> Descriptor:
     """The layer as it is pushed: compressed (once) if it is stored uncompressed."""
     media_type = _LAYER_TYPES[(format, compression)]
-    if layer.media_type not in _UNCOMPRESSED or compression == "uncompressed":
-        return Descriptor(media_type if layer.media_type in _UNCOMPRESSED else layer.media_type,
-                          layer.digest, layer.size)  # fmt: skip
+    if layer.media_type not in _UNCOMPRESSED:  # pulled compressed: pushed as it is
+        kind = _GZIP_KINDS.get(layer.media_type) or (
+            "zstd" if layer.media_type == LAYER_ZSTD else ""
+        )
+        if (format, kind) not in _LAYER_TYPES:
+            raise PushError(f"a {layer.media_type} layer cannot be pushed in {format} format")
+        return Descriptor(_LAYER_TYPES[(format, kind)], layer.digest, layer.size)
+    if compression == "uncompressed":
+        return Descriptor(media_type, layer.digest, layer.size)
     known = store.compressed_layer(layer.digest, compression)
     if known is None:
         output(f"{_short(layer.digest)}: compressing ({compression})")
