@@ -184,11 +184,19 @@ class TokenServer:
     Basic credentials (when ``users`` is not empty) and signs a JWT granting the scopes
     asked for."""
 
-    def __init__(self, pair: KeyPair, service: str, issuer: str, users: dict[str, str]) -> None:
+    def __init__(
+        self,
+        pair: KeyPair,
+        service: str,
+        issuer: str,
+        users: dict[str, str],
+        refresh_tokens: dict[str, str] | None = None,
+    ) -> None:
         import http.server
         import threading
 
         self.pair, self.service, self.issuer, self.users = pair, service, issuer, users
+        self.refresh_tokens = refresh_tokens or {}  # OAuth2 refresh token -> user
         self.requests: list[str] = []
         server = self
 
@@ -196,6 +204,16 @@ class TokenServer:
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 status, body = server.answer(self.path, self.headers.get("Authorization", ""))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # OAuth2: grant_type=refresh_token
+                length = int(self.headers.get("Content-Length") or 0)
+                form = self.rfile.read(length).decode()
+                server.requests.append(f"POST {form}")
+                status, body = server.refresh(form)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -231,6 +249,20 @@ class TokenServer:
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         token = self.sign(user, access)
         return 200, json.dumps({"token": token, "expires_in": 300}).encode()
+
+    def refresh(self, form: str) -> tuple[int, bytes]:
+        import json
+        import urllib.parse
+
+        fields = urllib.parse.parse_qs(form)
+        user = self.refresh_tokens.get(fields.get("refresh_token", [""])[0])
+        if fields.get("grant_type") != ["refresh_token"] or user is None:
+            return 401, b'{"details":"bad refresh token"}'
+        access = []
+        for scope in " ".join(fields.get("scope", [])).split():
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        return 200, json.dumps({"access_token": self.sign(user, access)}).encode()
 
     def sign(self, subject: str, access: list[dict[str, object]]) -> str:
         import base64
@@ -322,3 +354,77 @@ class FaultyProxy:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class RedirectingFront:
+    """A registry front that wants Basic auth and, as registries backed by object storage
+    do, answers blob GETs with a redirect to another server (which records the
+    Authorization header it got: a client must not send its registry credentials there)."""
+
+    def __init__(self, upstream: str, user: str, password: str) -> None:
+        import base64
+        import http.server
+        import threading
+        import urllib.parse
+
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.storage_saw: list[str | None] = []
+        front = self
+
+        class Storage(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                front.storage_saw.append(self.headers.get("Authorization"))
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                digest = self.path.split("?")[0].rsplit("/", 1)[1]
+                blob = httpx.get(f"http://{upstream}/v2/{query['repo'][0]}/blobs/{digest}")
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(blob.content)))
+                self.end_headers()
+                self.wfile.write(blob.content)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Front(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="front"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                path = self.path.split("?")[0]
+                if "/blobs/sha256:" in path:
+                    name, digest = path[len("/v2/") :].split("/blobs/")
+                    self.send_response(307)
+                    self.send_header(
+                        "Location", f"http://{front.storage}/blob/{digest}?repo={name}"
+                    )
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                accept = self.headers.get("Accept", "")
+                answer = httpx.get(f"http://{upstream}{self.path}", headers={"Accept": accept})
+                self.send_response(answer.status_code)
+                for key in ("Content-Type", "Docker-Content-Digest"):
+                    if key in answer.headers:
+                        self.send_header(key, answer.headers[key])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.servers = [
+            http.server.ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (Front, Storage)
+        ]
+        for server in self.servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.host = f"127.0.0.1:{self.servers[0].server_address[1]}"
+        self.storage = f"127.0.0.1:{self.servers[1].server_address[1]}"
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()

@@ -107,3 +107,27 @@ def test_a_large_blob_goes_up_in_chunks(
         client.get_blob("chunked", layer.digest, received.extend)
     assert bytes(received) == path.read_bytes()
     assert layer.size > 3 * (64 << 10)  # so that it took several PATCHes
+
+
+def test_an_identity_token_is_exchanged_for_access_tokens(
+    kiln_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``auths.<host>.identitytoken`` (what docker login stores for OAuth2 registries): kiln
+    POSTs it to the realm as a refresh token and never sends it to the registry itself."""
+    signer = make_certificate(tmp_path / "keys", "token-signer")
+    tokens = TokenServer(signer, "kiln-registry", "kiln-issuer", {"robot": "pw"},
+                         refresh_tokens={"rt-1234": "robot"})  # fmt: skip
+    registry = start_registry(tmp_path / "registry", token=tokens)
+    try:
+        config = tmp_path / "docker-config" / "config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps({"auths": {registry.host: {"identitytoken": "rt-1234"}}}))
+        invoke("push", "app:1", f"{registry.host}/app:1")
+        posts = [r for r in tokens.requests if r.startswith("POST ")]
+        assert posts and all("grant_type=refresh_token" in p for p in posts)
+        assert "repository%3Aapp%3Apull%2Cpush" in posts[-1]
+        assert "rt-1234" not in registry.log.read_text()
+    finally:
+        registry.stop()
+        tokens.stop()

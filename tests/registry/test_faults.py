@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.registries import FaultyProxy, Registry
+from tests.registries import FaultyProxy, RedirectingFront, Registry
 from tests.registry.test_push import invoke, kiln_root, skopeo  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(
@@ -70,3 +70,21 @@ def test_a_push_that_fails_for_good_leaves_the_store_intact(
     # the compressed layers made on the way are kept, and the next push uses them
     again = invoke("push", "app:1", f"{registry.host}/app:1").output
     assert "compressing" not in again and again.count(": pushed") == 4
+
+
+def test_redirected_blobs_are_fetched_without_the_registry_credentials(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    invoke("push", "app:1", f"{registry.host}/app:1")
+    front = RedirectingFront(registry.host, "kiln", "front-pw")
+    try:
+        invoke("login", "-u", "kiln", "--password-stdin", front.host, input="front-pw\n")
+        monkeypatch.setenv("KILN_ROOT", str(tmp_path / "redirected"))
+        invoke("pull", f"{front.host}/app:1")
+        assert invoke("run", "--rm", f"{front.host}/app:1").output == "hello from kiln\nbuilt\n"
+        assert len(front.storage_saw) == 4 and front.storage_saw == [None] * 4
+    finally:
+        front.stop()
