@@ -31,10 +31,21 @@ class Registry:
             self.process.wait()
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
+
+
+def outward_address() -> str | None:
+    """This machine's address on its network (not loopback), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
 
 
 def start_registry(
@@ -43,13 +54,14 @@ def start_registry(
     htpasswd: Path | None = None,
     token: TokenServer | None = None,
     tls: KeyPair | None = None,
+    address: str = "127.0.0.1",
 ) -> Registry:
     """A registry storing under ``base``: plain HTTP, or HTTPS with ``tls``'s certificate;
     anonymous, or with Basic auth (``htpasswd``) or token auth (``token``'s realm)."""
     if shutil.which(REGISTRY) is None:
         pytest.skip("Debian's docker-registry is not installed (.ci/run installs it)")
     base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port(address)
     auth = ""
     if htpasswd is not None:
         auth = f"auth:\n  htpasswd:\n    realm: kiln-tests\n    path: {htpasswd}\n"
@@ -71,12 +83,12 @@ def start_registry(
         "log:\n  level: info\n"
         f"storage:\n  filesystem:\n    rootdirectory: {base / 'data'}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + listen + auth
+        f"http:\n  addr: {address}:{port}\n" + listen + auth
     )
     log = base / "registry.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=out, stderr=out)
-    registry = Registry(f"127.0.0.1:{port}", process, log)
+    registry = Registry(f"{address}:{port}", process, log)
     scheme = "https" if tls is not None else "http"
     deadline = time.monotonic() + 30
     while True:

@@ -15,7 +15,13 @@ from kiln.reference import Reference
 from kiln.registry import RegistryClient, RegistryError, push_image
 from kiln.registry.client import file_chunks
 from kiln.store import Store
-from tests.registries import Registry, TokenServer, make_certificate, start_registry
+from tests.registries import (
+    Registry,
+    TokenServer,
+    make_certificate,
+    outward_address,
+    start_registry,
+)
 from tests.registry.test_push import invoke, kiln_root, skopeo  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(
@@ -131,3 +137,20 @@ def test_an_identity_token_is_exchanged_for_access_tokens(
     finally:
         registry.stop()
         tokens.stop()
+
+
+def test_plain_http_elsewhere_than_loopback_needs_insecure_registry(
+    kiln_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    address = outward_address()
+    if address is None:
+        pytest.skip("this machine has no address besides loopback")
+    registry = start_registry(tmp_path / "outward", address=address)
+    try:
+        refused = invoke("push", "app:1", f"{registry.host}/app:1", ok=False)
+        assert refused.exit_code == 1 and f"cannot reach {registry.host}" in refused.output
+        invoke("push", "--insecure-registry", registry.host, "app:1", f"{registry.host}/app:1")
+        skopeo("inspect", "--tls-verify=false", f"docker://{registry.host}/app:1")
+    finally:
+        registry.stop()

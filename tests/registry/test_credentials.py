@@ -90,3 +90,47 @@ def test_login_and_logout_edit_only_their_entry(tmp_path: Path) -> None:
 
 def test_credentials_never_show_their_password() -> None:
     assert "secret" not in repr(Credentials("user", "secret"))
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (403, "access denied by"),
+        (404, "not found on"),
+        (401, "authentication required"),
+    ],
+)
+def test_refusals_name_the_image_and_the_registry(status: int, expected: str) -> None:
+    """What a registry's refusals read like (a minimal HTTP server answers every request
+    with ``status`` and a distribution error body; real registries are tested elsewhere)."""
+    import http.server
+    import threading
+
+    from kiln.registry import RegistryClient, RegistryError
+
+    class Refuser(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"errors": [{"code": "DENIED", "message": "nope"}]}).encode()
+            self.send_response(status)
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Basic realm="x"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuser)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        client = RegistryClient(host, credentials=Credentials("u", "p"))
+        with client, pytest.raises(RegistryError) as raised:
+            client.get_manifest("team/app", "1", ["application/json"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(raised.value)
+    assert f"{host}/team/app:1" in message and expected in message
+    assert "DENIED: nope" in message and raised.value.status == status

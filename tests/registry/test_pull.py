@@ -192,3 +192,26 @@ def test_a_pulled_image_is_pushed_again_in_either_format(
     assert {layer["mediaType"] for layer in docker["layers"]} == {
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
     }
+
+
+def test_pull_flag_takes_a_newer_base_from_the_registry(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    busybox_rootfs: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = f"{registry.host}/moving:latest"
+    invoke("push", "app:1", base)
+    context = tmp_path / "moving-context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {base}\nRUN ls / > /listing.txt\n")
+    invoke("build", "-t", "user:1", str(context))  # pulls the first base
+    first = json.loads(invoke("inspect", base).output)[0]["Manifest"]
+    invoke("import", str(busybox_rootfs), "plain:1")
+    newer = invoke("push", "-q", "plain:1", base).output.strip()  # the tag moves
+    invoke("build", "-t", "user:2", str(context))
+    assert json.loads(invoke("inspect", base).output)[0]["Manifest"] == first  # store first
+    invoke("build", "--pull", "-t", "user:3", str(context))
+    assert json.loads(invoke("inspect", base).output)[0]["Manifest"] == newer
+    assert "hello.txt" not in invoke("run", "--rm", "user:3", "cat", "/listing.txt").output
