@@ -364,7 +364,7 @@ class RegistryClient:
         elif kind == "bearer" and "realm" in params:
             # What the registry says it wants (an insufficient_scope answer names it) and
             # what the request needs, in one token.
-            wanted = " ".join(dict.fromkeys(scope.split() + params.get("scope", "").split()))
+            wanted = _merge_scopes(scope, params.get("scope", ""))
             self._tokens[scope] = self._fetch_token(params, wanted)
         else:
             raise RegistryError(f"{self.host} asks for an authentication kiln does not know", 401)
@@ -434,6 +434,16 @@ class RegistryClient:
         else:
             message = f"{what}: {self.host} answered {status}"
         raise RegistryError(message + (f" ({detail})" if detail else ""), status)
+
+
+def _merge_scopes(*scopes: str) -> str:
+    """Scopes (``repository:NAME:ACTIONS``, space-separated) merged: one per resource, with
+    every action any of them asks for, in the order first asked."""
+    merged: dict[str, dict[str, None]] = {}
+    for scope in " ".join(scopes).split():
+        resource, _, actions = scope.rpartition(":")
+        merged.setdefault(resource, {}).update(dict.fromkeys(actions.split(",")))
+    return " ".join(f"{resource}:{','.join(actions)}" for resource, actions in merged.items())
 
 
 def _covers(granted: str, wanted: str) -> bool:
