@@ -303,7 +303,7 @@ class RegistryClient:
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as err:
-                if not retry or attempt + 1 >= _RETRIES:
+                if not retry or attempt + 1 >= _RETRIES or _tls_failure(err):
                     raise RegistryError(f"cannot reach {self.host}: {_reason(err)}") from None
                 _pause(attempt)
                 attempt += 1
@@ -469,6 +469,17 @@ def _error_detail(response: httpx.Response) -> str:
     except (ValueError, AttributeError, httpx.ResponseNotRead):
         return ""
     return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
+
+
+def _tls_failure(error: BaseException) -> bool:
+    """Whether a TLS handshake failed (a certificate, or a server that speaks plain HTTP):
+    trying again would fail the same way."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reason(error: httpx.TransportError) -> str:
