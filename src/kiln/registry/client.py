@@ -472,11 +472,13 @@ def _error_detail(response: httpx.Response) -> str:
 
 
 def _tls_failure(error: BaseException) -> bool:
-    """Whether a TLS handshake failed (a certificate, or a server that speaks plain HTTP):
-    trying again would fail the same way."""
+    """Whether TLS failed in a way that trying again would repeat: a certificate not
+    trusted, or a server that speaks plain HTTP. (Other TLS errors can be passing.)"""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, ssl.SSLError):
+        if isinstance(seen, ssl.SSLCertVerificationError) or (
+            isinstance(seen, ssl.SSLError) and seen.reason == "WRONG_VERSION_NUMBER"
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
