@@ -196,26 +196,10 @@ def images_command(quiet: bool) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="IMAGE...")
 def inspect_command(names: tuple[str, ...]) -> None:
     """Show images as JSON, like `docker image inspect`."""
+    from kiln.api.images import inspect_dict
+
     store = _store()
-    click.echo(json.dumps([_inspect(store.image(name)) for name in names], indent=4))
-
-
-def _inspect(image: StoredImage) -> dict[str, Any]:
-    config = image.config
-    return {
-        "Id": image.id,
-        "RepoTags": [Reference.parse(t).familiar for t in image.tags],
-        "RepoDigests": [],
-        "Created": config.get("created", ""),
-        "Author": config.get("author", ""),
-        "Config": config.get("config", {}),
-        "Architecture": config.get("architecture", ""),
-        "Variant": config.get("variant", ""),
-        "Os": config.get("os", ""),
-        "Size": image.size,
-        "RootFS": {"Type": "layers", "Layers": config.get("rootfs", {}).get("diff_ids", [])},
-        "Manifest": image.manifest_digest,
-    }
+    click.echo(json.dumps([inspect_dict(store.image(name)) for name in names], indent=4))
 
 
 @cli.command("tag")

@@ -23,7 +23,7 @@ from kiln.store import Store, StoredImage
 from kiln.store.store import StoreError
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-_ACCEPT = (MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST)
+ACCEPT = (MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST)
 _PARALLEL = 4
 
 Output = Callable[[str], None]
@@ -45,12 +45,12 @@ def pull_image(
     """Fetch ``reference`` into ``store`` and tag it there; returns the stored image."""
     platform = platform or Platform("linux", "amd64")
     repository = reference.repository
-    found = client.get_manifest(repository, reference.digest or reference.tag, _ACCEPT)
+    found = client.get_manifest(repository, reference.digest or reference.tag, ACCEPT)
     manifest = _parse(found.data, reference)
     media_type = manifest.get("mediaType") or found.media_type
     if media_type in (INDEX, DOCKER_LIST) or "manifests" in manifest:
         chosen = _choose(manifest, platform, reference)
-        found = client.get_manifest(repository, chosen, _ACCEPT)
+        found = client.get_manifest(repository, chosen, ACCEPT)
         manifest = _parse(found.data, reference)
     if manifest.get("schemaVersion") != 2 or "config" not in manifest:
         raise PullError(f"{reference}: only schema 2 (OCI or Docker) manifests can be pulled")
