@@ -96,8 +96,6 @@ def test_build_from_a_fileobj_dockerfile_and_a_custom_context(
         {"container_limits": {"memory": 1 << 20}},
         {"squash": True},
         {"cache_from": ["app:1"]},
-        {"shmsize": 1 << 20},
-        {"extra_hosts": {"db": "10.0.0.2"}},
         {"network_mode": "container:x"},
         {"platform": "linux/s390x"},
     ],
@@ -168,3 +166,22 @@ def test_pull_push_and_registry_data(client: Client, tmp_path: Path, registry: R
     other = Client(root=tmp_path / "other-store")
     pulled = other.images.pull(f"{registry.host}/api/app", tag="1")
     assert pulled.id == image.id
+
+
+def test_extra_hosts_and_shm_size_reach_run_steps(client: Client, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:base\nRUN grep db /etc/hosts > /hosts.txt"
+                            " && df -k /dev/shm | tail -1 > /shm.txt\n")  # fmt: skip
+    client.images.build(path=str(ctx), tag="hosts:1", extra_hosts={"db": "10.0.0.2"},
+                        shmsize=8 << 20)  # fmt: skip
+    out = tmp_path / "out"
+    from kiln.outputs import export, parse_output
+
+    export(client.store, client.store.image("hosts:1"), parse_output(f"type=local,dest={out}"),
+           ())  # fmt: skip
+    assert (out / "hosts.txt").read_text() == "10.0.0.2\tdb\n"
+    assert (out / "shm.txt").read_text().split()[1] == "8192"  # 1K-blocks
+    assert (
+        "db" not in (out / "etc" / "hosts").read_text()
+        if (out / "etc" / "hosts").exists()
+        else True
+    )

@@ -175,6 +175,22 @@ def test_image_symlinks_never_lead_a_build_out_of_the_image(
     assert (inside / "work" / "here.txt").read_text() == "ran\n"
 
 
+def test_add_host_and_shm_size(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\nRUN grep db /etc/hosts > /hosts.txt && "
+        "df -k /dev/shm | tail -1 > /shm.txt\n",
+    )
+    out = tmp_path / "out"
+    invoke("build", "--add-host", "db:10.0.0.3", "--shm-size", "16m", "-o",
+           f"type=local,dest={out}", str(ctx))  # fmt: skip
+    assert (out / "hosts.txt").read_text() == "10.0.0.3\tdb\n"
+    assert (out / "shm.txt").read_text().split()[1] == "16384"
+    assert not (out / "etc" / "hosts").exists()  # provided to the step, never in a layer
+    bad = CliRunner().invoke(cli, ["build", "--shm-size", "lots", str(ctx)])
+    assert bad.exit_code == 2 and "expected a size such as 64m" in bad.output
+
+
 def test_a_failing_run_names_the_line_and_tags_nothing(kiln_root: Path, tmp_path: Path) -> None:
     ctx = context(tmp_path, "FROM busybox:base\nRUN echo before\nRUN echo oops && exit 3\n")
     result = CliRunner().invoke(cli, ["build", "-t", "app:broken", str(ctx)])

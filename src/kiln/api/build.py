@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.api.images import UNSUPPORTED_BUILD_ARGS, BuildError, NotSupported
+from kiln.api.images import BuildError, NotSupported
 from kiln.errors import KilnError
 from kiln.platform import Platform
 from kiln.store import Store, StoredImage
@@ -58,17 +58,14 @@ def build_native(
     """Build as docker-py's ``images.build`` describes, natively.
 
     ``rm``/``forcerm`` hold trivially (kiln keeps no intermediate containers) and ``timeout``
-    is docker-py's HTTP timeout, which has no daemon to apply to. ``shmsize`` and
-    ``extra_hosts`` are refused until RUN steps take them.
+    is docker-py's HTTP timeout, which has no daemon to apply to.
     """
     from kiln.engine.executor import Builder, BuildRequest
 
-    given = {"container_limits": container_limits, "squash": squash, "cache_from": cache_from,
-             "shmsize": shmsize, "extra_hosts": extra_hosts}  # fmt: skip
-    for name, value in given.items():
+    not_yet = {"container_limits": container_limits, "squash": squash, "cache_from": cache_from}
+    for name, value in not_yet.items():
         if value:
             raise NotSupported(f"build: {name} is not supported by the native backend yet")
-    assert set(UNSUPPORTED_BUILD_ARGS) <= set(given)
     if network_mode not in _NETWORKS:
         raise NotSupported(f"build: network_mode {network_mode!r} (native builds: host, none)")
     if isolation not in _ISOLATIONS:
@@ -99,6 +96,8 @@ def build_native(
             no_cache=nocache,
             isolation=_ISOLATIONS[isolation],
             pull=pull,
+            extra_hosts=_hosts(extra_hosts),
+            shm_size=shmsize or 64 << 20,
         )
         try:
             image = Builder(store, output).build(request)
@@ -139,6 +138,16 @@ def _context(
     with tarfile.open(fileobj=io.BytesIO(raw), mode=mode) as tar:  # type: ignore[call-overload]
         tar.extractall(context, filter="data")  # no links out, no devices, no absolute paths
     return context
+
+
+def _hosts(extra_hosts: Mapping[str, str] | list[str] | None) -> tuple[tuple[str, str], ...]:
+    """docker-py's ``extra_hosts``: a mapping of name to address, or ``name:address`` items."""
+    if not extra_hosts:
+        return ()
+    if isinstance(extra_hosts, Mapping):
+        return tuple((str(name), str(address)) for name, address in extra_hosts.items())
+    pairs = [item.partition(":") for item in extra_hosts]
+    return tuple((name, address) for name, _, address in pairs)
 
 
 def _config_proxies() -> dict[str, str]:

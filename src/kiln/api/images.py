@@ -21,9 +21,6 @@ from kiln.errors import KilnError
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
 
-# docker-py build() arguments this backend has no way to honour yet: refused, never ignored.
-UNSUPPORTED_BUILD_ARGS = ("container_limits", "squash", "cache_from")
-
 
 class ImageNotFound(KilnError):
     """No image by that name or ID (docker.errors.ImageNotFound)."""

@@ -147,6 +147,23 @@ def _parse_build_args(values: tuple[str, ...]) -> dict[str, str]:
 # -- the image store ---------------------------------------------------------------------------
 
 
+def _parse_host(value: str) -> tuple[str, str]:
+    name, colon, address = value.partition(":")
+    if not colon or not name or not address:
+        raise click.BadParameter(f"{value!r}: expected NAME:ADDRESS", param_hint="--add-host")
+    return name, address
+
+
+def _parse_size(value: str) -> int:
+    """``64m``, ``1g``, ``512k`` or a number of bytes, as docker's --shm-size."""
+    text = value.strip().lower().removesuffix("b")
+    factor = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if factor > 1 else text
+    if not number.isdecimal() or int(number) == 0:
+        raise click.BadParameter(f"{value!r}: expected a size such as 64m", param_hint="--shm-size")
+    return int(number) * factor
+
+
 def _store() -> Store:
     return Store()
 
@@ -317,6 +334,20 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
     help="How RUN steps are isolated (default: oci when runc is installed, else chroot).",
 )  # fmt: skip
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
+@click.option(
+    "--add-host",
+    "add_hosts",
+    multiple=True,
+    metavar="NAME:ADDRESS",
+    help="Add a line to /etc/hosts in RUN steps (repeatable).",
+)
+@click.option(
+    "--shm-size",
+    default="64m",
+    show_default=True,
+    metavar="SIZE",
+    help="Size of /dev/shm in RUN steps (bytes, or with k, m or g).",
+)
 @click.option("--pull", is_flag=True, help="Check the registry for newer base images.")
 @click.option("--push", is_flag=True, help="Push every -t tag to its registry after the build.")
 @click.option(
@@ -340,6 +371,8 @@ def build_command(
     progress: str,
     isolation: str | None,
     iidfile: Path | None,
+    add_hosts: tuple[str, ...],
+    shm_size: str,
     pull: bool,
     push: bool,
     parent_registry: str,
@@ -376,6 +409,8 @@ def build_command(
             pull=pull,
             insecure_registries=insecure,
             parent_registry=parent_registry,
+            extra_hosts=tuple(_parse_host(h) for h in add_hosts),
+            shm_size=_parse_size(shm_size),
         )
         output = printer("quiet" if quiet else progress)
         store = _store()

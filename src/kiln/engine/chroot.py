@@ -72,7 +72,8 @@ def _enter(spec: dict[str, Any]) -> None:
         Path(target).touch()
         _mount(f"/dev/{device}", target, "", MS_BIND)
     os.makedirs(inside("/dev/shm"), exist_ok=True)
-    _mount("shm", inside("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    shm_options = f"mode=1777,size={int(spec.get('shm_size', 64 << 20))}"
+    _mount("shm", inside("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, shm_options)
     for name in ("hosts", "resolv.conf"):
         _mount(f"{bundle}/{name}", inside(f"/etc/{name}"), "", MS_BIND)
         _mount("none", inside(f"/etc/{name}"), "", MS_BIND | MS_RDONLY | 32)  # 32: MS_REMOUNT

@@ -100,6 +100,8 @@ class BuildRequest:
     pull: bool = False  # check the registry for a newer base image even if one is stored
     insecure_registries: tuple[str, ...] = ()  # plain HTTP or unverified TLS allowed
     parent_registry: str = ""  # pull base images from here, whatever registry they name
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # --add-host NAME:ADDRESS, for RUN steps
+    shm_size: int = 64 << 20  # --shm-size: bytes of /dev/shm in RUN steps
 
 
 @dataclass
@@ -490,6 +492,9 @@ class _Run:
             "network": instruction.network,
             "security": instruction.security,
             "mounts": [self.mount_key(m) for m in instruction.resolved_mounts],
+            # as in BuildKit's exec op: what the step could see of these is part of its key
+            **({"hosts": list(self.request.extra_hosts)} if self.request.extra_hosts else {}),
+            **({"shm": self.request.shm_size} if self.request.shm_size != 64 << 20 else {}),
         }
 
     def mount_key(self, mount: Mount) -> str:
@@ -586,8 +591,9 @@ class _Run:
 
         network = instruction.network if instruction.network != "default" else self.request.network
         spec = ProcessSpec(
-            args, env, step.workdir, state.config.user, network, mounts=tuple(mounts)
-        )
+            args, env, step.workdir, state.config.user, network, mounts=tuple(mounts),
+            extra_hosts=tuple(self.request.extra_hosts), shm_size=self.request.shm_size,
+        )  # fmt: skip
         bundle = self.work / f"bundle-{uuid.uuid4().hex[:8]}"
         status = run(rootfs, spec, bundle, output, self.request.isolation)
         if status != 0:

@@ -57,6 +57,8 @@ class ProcessSpec:
     network: str = "host"  # "host" or "none"
     hostname: str = "kiln"
     mounts: tuple[RuntimeMount, ...] = ()
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, address) lines for /etc/hosts
+    shm_size: int = 64 << 20  # bytes of /dev/shm
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,9 @@ def run(
         for parent in {os.path.dirname(p) for p in created} - set(created) - {""}
         if os.path.isdir(in_scope(rootfs, parent))
     }
+    extra = "".join(f"{address}\t{name}\n" for name, address in spec.extra_hosts)
     (bundle / "hosts").write_text(
-        f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n"
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n{extra}"
     )
     shutil.copyfile("/etc/resolv.conf", bundle / "resolv.conf")
     user = resolve_user(rootfs, spec.user)
@@ -193,6 +196,7 @@ def _chroot_spec(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> d
         "cwd": spec.cwd or "/",
         "hostname": spec.hostname,
         "network": spec.network,
+        "shm_size": spec.shm_size,
         "user": {"uid": user.uid, "gid": user.gid, "additional_gids": list(user.additional_gids)},
     }
 
@@ -262,7 +266,7 @@ def _config(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[s
                 "destination": "/dev/shm",
                 "type": "tmpfs",
                 "source": "shm",
-                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={spec.shm_size}"],
             },
             {
                 "destination": "/dev/mqueue",
