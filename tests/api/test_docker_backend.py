@@ -1,0 +1,110 @@
+"""Client(backend="docker"): the same calls against a private dockerd (Debian's docker.io),
+with kiln's own build context, and the same files and config as the native backend."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from kiln.api import BuildError, Client, ImageNotFound
+from kiln.api.docker_backend import context_tar
+from kiln.reference import Reference
+from kiln.store.transfer import import_rootfs
+from tests.engines import DockerEngine
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("runc") is None or os.geteuid() != 0,
+    reason="building needs root and runc (.ci/run installs it)",
+)
+
+DOCKERFILE = (
+    "FROM busybox:base\nARG WHO=nobody\nENV GREETING=hello\nWORKDIR /app\n"
+    'COPY . /app/\nRUN echo $WHO > /app/who.txt\nLABEL tier=web\nCMD ["cat", "/app/who.txt"]\n'
+)
+
+
+@pytest.fixture
+def clients(
+    tmp_path: Path, busybox_rootfs: Path, docker_engine: DockerEngine
+) -> tuple[Client, Client]:
+    native = Client(root=tmp_path / "store")
+    import_rootfs(native.store, busybox_rootfs, Reference.parse("busybox:base"))  # type: ignore[arg-type]
+    archive = tmp_path / "busybox.tar"
+    archive.write_bytes(b"".join(native.images.get("busybox:base").save(named=True)))
+    docker_engine.run("load", "-i", str(archive))
+    return native, Client(backend="docker", base_url=docker_engine.host)
+
+
+def make_context(tmp_path: Path) -> Path:
+    root = tmp_path / "ctx"
+    for name, text in {
+        "Dockerfile": DOCKERFILE, "keep.txt": "k", "docs/a.md": "a", "docs/private/p.md": "p",
+        "build/out.o": "o", ".dockerignore": "build\ndocs\n!docs/*.md\n*.log\n", "x.log": "l",
+    }.items():  # fmt: skip
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def files_of(image_tar: bytes) -> dict[str, bytes]:
+    """The /app files of an image saved as a tar (either backend's save())."""
+    found: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(image_tar)) as outer:
+        for member in outer.getmembers():
+            blob = outer.extractfile(member) if member.isfile() else None
+            if blob is None or member.name.endswith(".json") or member.name == "oci-layout":
+                continue
+            try:
+                layer = tarfile.open(fileobj=io.BytesIO(blob.read()))  # noqa: SIM115
+            except tarfile.TarError:
+                continue
+            with layer:
+                for entry in layer.getmembers():
+                    data = layer.extractfile(entry) if entry.isfile() else None
+                    if data is not None and entry.name.startswith("app/"):
+                        found[entry.name] = data.read()
+    return found
+
+
+def test_both_backends_build_the_same_image(clients: tuple[Client, Client], tmp_path: Path) -> None:
+    native, engine = clients
+    context = make_context(tmp_path)
+    results = {}
+    for name, client in (("native", native), ("docker", engine)):
+        image, logs = client.images.build(path=str(context), tag="same:1", buildargs={"WHO": "x"},
+                                          labels={"team": "kiln"})  # fmt: skip
+        assert any("stream" in entry for entry in logs)
+        config = image.attrs["Config"]
+        results[name] = (
+            files_of(b"".join(image.save())),
+            config["Env"], config["WorkingDir"], config["Cmd"], image.labels,
+        )  # fmt: skip
+    assert results["native"] == results["docker"]
+    files = results["native"][0]
+    assert "app/docs/a.md" in files and "app/docs/private/p.md" not in files
+    assert "app/build/out.o" not in files and "app/x.log" not in files
+    assert files["app/who.txt"] == b"x\n"
+
+
+def test_the_context_tar_is_what_dockerignore_lets_through(tmp_path: Path) -> None:
+    with tarfile.open(fileobj=context_tar(make_context(tmp_path))) as tar:
+        names = tar.getnames()
+    assert names == [".dockerignore", "Dockerfile", "docs", "docs/a.md", "keep.txt"]
+
+
+def test_a_failed_engine_build_is_a_build_error_with_its_log(
+    clients: tuple[Client, Client], tmp_path: Path
+) -> None:
+    _, engine = clients
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "Dockerfile").write_text("FROM busybox:base\nRUN exit 7\n")
+    with pytest.raises(BuildError) as failed:
+        engine.images.build(path=str(tmp_path / "bad"))
+    assert "7" in failed.value.msg and failed.value.build_log
+    with pytest.raises(ImageNotFound):
+        engine.images.get("never-built:1")
