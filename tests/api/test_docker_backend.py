@@ -108,3 +108,26 @@ def test_a_failed_engine_build_is_a_build_error_with_its_log(
     assert "7" in failed.value.msg and failed.value.build_log
     with pytest.raises(ImageNotFound):
         engine.images.get("never-built:1")
+
+
+def test_kiln_build_backend_docker(
+    clients: tuple[Client, Client],
+    tmp_path: Path,
+    docker_engine: DockerEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from kiln.cli.main import cli
+
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    context = make_context(tmp_path)
+    args = ["build", "--backend", "docker", "-q", "-t", "eng:1", "-t", "eng:2"]
+    result = CliRunner().invoke(cli, [*args, "--build-arg", "WHO=cli", str(context)])
+    assert result.exit_code == 0, result.output
+    image_id = result.output.strip().splitlines()[-1]
+    assert image_id.startswith("sha256:")
+    assert docker_engine.run("run", "--rm", "--network", "none", "eng:2") == "cli\n"
+    output = f"type=local,dest={tmp_path / 'o'}"
+    refused = CliRunner().invoke(cli, ["build", "--backend", "docker", "-o", output, str(context)])
+    assert refused.exit_code == 2 and "--output: not with --backend docker" in refused.output

@@ -335,6 +335,10 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
 )  # fmt: skip
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
 @click.option(
+    "--backend", type=click.Choice(["native", "docker"]), default="native", show_default=True,
+    help="docker: build on the Docker engine DOCKER_HOST names, with kiln's context.",
+)  # fmt: skip
+@click.option(
     "--add-host",
     "add_hosts",
     multiple=True,
@@ -377,9 +381,24 @@ def build_command(
     push: bool,
     parent_registry: str,
     insecure: tuple[str, ...],
+    backend: str,
     context: Path,
 ) -> None:
     """Build an image from a Dockerfile and a context, with no daemon."""
+    if backend == "docker":
+        native_only = {"--output": outputs, "--load": load, "--push": push, "--secret": secrets,
+                       "--parent-registry": parent_registry, "--isolation": isolation}  # fmt: skip
+        refused = [name for name, value in native_only.items() if value]
+        if refused:
+            raise click.UsageError(f"{', '.join(refused)}: not with --backend docker")
+        image_id = _build_on_engine(
+            context, file, tags, build_args, target, labels, network, no_cache, pull, quiet,
+            add_hosts, shm_size,
+        )  # fmt: skip
+        if iidfile is not None:
+            iidfile.write_text(image_id)
+        click.echo(image_id if quiet else f"Successfully built {image_id}", err=not quiet)
+        return
     from kiln.context import ContextScan, load_ignore
 
     # The context's stat walk starts first: it runs on another core while kiln imports.
@@ -551,6 +570,41 @@ def logout_command(registry: str) -> None:
         click.echo(f"Removed login credentials for {registry}")
     else:
         click.echo(f"Not logged in to {registry}")
+
+
+def _build_on_engine(
+    context: Path,
+    file: Path | None,
+    tags: tuple[str, ...],
+    build_args: tuple[str, ...],
+    target: str,
+    labels: tuple[str, ...],
+    network: str,
+    no_cache: bool,
+    pull: bool,
+    quiet: bool,
+    add_hosts: tuple[str, ...],
+    shm_size: str,
+) -> str:
+    """``kiln build --backend docker``: the build on a Docker engine; its image ID."""
+    from kiln.api import Client
+
+    with Client(backend="docker") as client:
+        image, logs = client.images.build(
+            path=str(context),
+            dockerfile=str(file.resolve().relative_to(context.resolve())) if file else None,
+            tag=tags[0] if tags else None, buildargs=_parse_build_args(build_args),
+            target=target or None, labels=dict(label.partition("=")[::2] for label in labels),
+            network_mode=network, nocache=no_cache, pull=pull,
+            extra_hosts=dict(_parse_host(h) for h in add_hosts) or None,
+            shmsize=_parse_size(shm_size),
+        )  # fmt: skip
+        if not quiet:
+            for entry in logs:
+                click.echo(str(entry.get("stream", "")).rstrip("\n"), err=True)
+        for extra in tags[1:]:
+            image.tag(extra)
+        return str(image.id)
 
 
 @cli.command("run", context_settings={"allow_interspersed_args": False})
