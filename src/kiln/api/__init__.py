@@ -1,4 +1,5 @@
-"""kiln as a library, in the shape docker-py gave image scripts: ``Client().images``."""
+"""kiln as a library, in the shapes image scripts know: docker-py's ``Client().images``, and
+atomic-reactor's ``DockerTasker`` (``kiln.api.tasker``, which imports docker-py on use)."""
 
 from kiln.api.client import Client
 from kiln.api.images import (
