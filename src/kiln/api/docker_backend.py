@@ -48,9 +48,11 @@ class DockerImageCollection:
                     raise BuildError(str(entry["error"]).strip(), log)
                 aux = entry.get("aux") or {}
                 image_id = aux.get("ID", image_id)
-                stream = str(entry.get("stream", ""))
+                stream = str(entry.get("stream", "")).strip()
                 if stream.startswith("Successfully built "):
                     image_id = image_id or stream.split()[-1]
+                elif stream.startswith("sha256:") and " " not in stream:  # quiet: the ID alone
+                    image_id = image_id or stream
         except docker.errors.APIError as err:
             raise BuildError(str(err.explanation or err), log) from None
         if not image_id:
