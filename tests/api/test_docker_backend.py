@@ -216,3 +216,17 @@ def test_every_docker_py_build_keyword_on_the_engine(
     assert image.tags == ["ctx:1"]
     with pytest.raises(BuildError, match="experimental"):
         engine.images.build(path=str(context), dockerfile="Other.Dockerfile", squash=True)
+
+
+def test_both_backends_tell_each_line_as_it_comes(
+    clients: tuple[Client, Client], tmp_path: Path
+) -> None:
+    context = make_context(tmp_path)
+    for client in clients:
+        heard: list[str] = []
+        _, logs = client.images.build(path=str(context), nocache=True, output=heard.append)
+        streamed = [str(e["stream"]).strip() for e in logs if str(e.get("stream", "")).strip()]
+        # the lines heard are the log's, in order; only the closing summary is not told live
+        assert heard == streamed[: len(heard)]
+        assert all(line.startswith("Successfully") for line in streamed[len(heard) :])
+        assert any("RUN" in line for line in heard)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,11 +54,13 @@ def build_native(
     platform: str | None = None,
     isolation: str | None = None,
     use_config_proxy: bool = True,
+    output: Callable[[str], None] | None = None,
 ) -> tuple[StoredImage, list[dict[str, Any]]]:
     """Build as docker-py's ``images.build`` describes, natively.
 
     ``rm``/``forcerm`` hold trivially (kiln keeps no intermediate containers) and ``timeout``
-    is docker-py's HTTP timeout, which has no daemon to apply to.
+    is docker-py's HTTP timeout, which has no daemon to apply to. ``output`` (kiln's own)
+    gets each log line as it comes.
     """
     from kiln.engine.executor import Builder, BuildRequest
 
@@ -79,9 +81,11 @@ def build_native(
     args.update(buildargs or {})
     log: list[dict[str, Any]] = []
 
-    def output(line: str) -> None:
+    def record(line: str) -> None:
         if not quiet:
             log.append({"stream": line + "\n"})
+            if output is not None:
+                output(line)
 
     with tempfile.TemporaryDirectory(prefix="kiln-api-") as scratch:
         context = _context(Path(scratch), path, fileobj, custom_context, encoding)
@@ -100,7 +104,7 @@ def build_native(
             shm_size=shmsize or 64 << 20,
         )
         try:
-            image = Builder(store, output).build(request)
+            image = Builder(store, record).build(request)
         except KilnError as err:
             log.append({"error": str(err), "errorDetail": {"message": str(err)}})
             raise BuildError(str(err), log) from None

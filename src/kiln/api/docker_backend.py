@@ -12,7 +12,7 @@ import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,7 +30,9 @@ class DockerImageCollection:
         self.engine = engine
 
     def build(self, **kwargs: Any) -> tuple[Any, Iterator[dict[str, Any]]]:
-        """docker-py's ``images.build``; a ``path`` context is sent as kiln's own tar."""
+        """docker-py's ``images.build``; a ``path`` context is sent as kiln's own tar.
+        ``output`` (kiln's own keyword) gets each log line as the engine sends it."""
+        output: Callable[[str], None] | None = kwargs.pop("output", None)
         path = kwargs.pop("path", None)
         if path is not None and kwargs.get("fileobj") is None:
             dockerfile = kwargs.get("dockerfile") or "Dockerfile"
@@ -49,6 +51,8 @@ class DockerImageCollection:
                 aux = entry.get("aux") or {}
                 image_id = aux.get("ID", image_id)
                 stream = str(entry.get("stream", "")).strip()
+                if output is not None and stream:
+                    output(stream)
                 if stream.startswith("Successfully built "):
                     image_id = image_id or stream.split()[-1]
                 elif stream.startswith("sha256:") and " " not in stream:  # quiet: the ID alone

@@ -590,7 +590,7 @@ def _build_on_engine(
     from kiln.api import Client
 
     with Client(backend="docker") as client:
-        image, logs = client.images.build(
+        image, _ = client.images.build(
             path=str(context),
             dockerfile=str(file.resolve().relative_to(context.resolve())) if file else None,
             tag=tags[0] if tags else None, buildargs=_parse_build_args(build_args),
@@ -598,10 +598,8 @@ def _build_on_engine(
             network_mode=network, nocache=no_cache, pull=pull,
             extra_hosts=dict(_parse_host(h) for h in add_hosts) or None,
             shmsize=_parse_size(shm_size),
+            output=None if quiet else (lambda line: click.echo(line, err=True)),  # live
         )  # fmt: skip
-        if not quiet:
-            for entry in logs:
-                click.echo(str(entry.get("stream", "")).rstrip("\n"), err=True)
         for extra in tags[1:]:
             image.tag(extra)
         return str(image.id)
