@@ -1,0 +1,143 @@
+"""Where a build's Dockerfile and context come from: a git repository or a local path.
+
+The description is atomic-reactor's: ``{'provider': 'git'|'path', 'uri': ...,
+'dockerfile_path': 'sub/dir/', 'provider_params': {'git_commit': ...}}``. A git source is
+fetched shallowly where the server allows it (a branch, a tag, or a commit the server lets
+clients ask for by name), fully otherwise, and the commit it resolved to is recorded. A path
+source is used where it is, unmodified, or copied when ``provider_params['copy']`` is true.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import KilnError
+
+
+class SourceError(KilnError):
+    """A source that cannot be had: unreachable, no such commit, no Dockerfile."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A build source, as atomic-reactor describes one."""
+
+    provider: str  # "git" or "path"
+    uri: str
+    dockerfile_path: str = ""  # a directory (holding "Dockerfile") or a Dockerfile's path
+    provider_params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SourceSpec:
+        provider = str(data.get("provider", ""))
+        if provider not in ("git", "path"):
+            raise SourceError(f"source provider {provider!r}: expected 'git' or 'path'")
+        if not data.get("uri"):
+            raise SourceError("a source needs a 'uri'")
+        return cls(
+            provider, str(data["uri"]), str(data.get("dockerfile_path") or ""),
+            dict(data.get("provider_params") or {}),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source made ready to build: its context directory, Dockerfile and (for git) the
+    commit it resolved to."""
+
+    spec: SourceSpec
+    root: Path  # the checkout or the path itself
+    context: Path
+    dockerfile: Path
+    commit: str = ""
+
+
+def prepare_source(spec: SourceSpec, workdir: Path) -> Source:
+    """Fetch or locate ``spec`` (into ``workdir`` where a copy is needed)."""
+    if spec.provider == "git":
+        root = workdir / "source"
+        commit = _fetch_git(spec.uri, str(spec.provider_params.get("git_commit") or ""), root)
+    else:
+        root = _path_of(spec.uri)
+        commit = ""
+        if spec.provider_params.get("copy"):
+            copy = workdir / "source"
+            shutil.copytree(root, copy, symlinks=True)
+            root = copy
+    context, dockerfile = _dockerfile(root, spec, commit)
+    return Source(spec, root, context, dockerfile, commit)
+
+
+def _path_of(uri: str) -> Path:
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme not in ("", "file") or (parsed.scheme == "file" and parsed.netloc):
+        raise SourceError(f"path source {uri!r}: expected file:///absolute/path")
+    path = Path(urllib.parse.unquote(parsed.path))
+    if not path.is_absolute():
+        raise SourceError(f"path source {uri!r}: the path must be absolute")
+    if not path.is_dir():
+        raise SourceError(f"path source {uri}: no such directory")
+    return path
+
+
+def _dockerfile(root: Path, spec: SourceSpec, commit: str) -> tuple[Path, Path]:
+    where = (root / spec.dockerfile_path).resolve() if spec.dockerfile_path else root
+    if not where.is_relative_to(root.resolve()):
+        raise SourceError(f"dockerfile_path {spec.dockerfile_path!r} leaves the source")
+    dockerfile = where if where.is_file() else where / "Dockerfile"
+    if not dockerfile.is_file():
+        at = f"{spec.uri}@{commit[:12]}" if commit else spec.uri
+        shown = spec.dockerfile_path or "."
+        raise SourceError(f"{at}: no Dockerfile at {shown!r}")
+    return dockerfile.parent, dockerfile
+
+
+def _fetch_git(uri: str, ref: str, root: Path) -> str:
+    """Check ``uri`` out at ``ref`` (default: the remote's HEAD) into ``root``; the commit."""
+    root.mkdir(parents=True)
+    _git(root, "init", "--quiet")
+    _git(root, "remote", "add", "origin", uri)
+    shallow = _git(root, "fetch", "--quiet", "--depth", "1", "origin", ref or "HEAD", check=False)
+    if shallow.returncode == 0:
+        _git(root, "checkout", "--quiet", "--detach", "FETCH_HEAD")
+    else:
+        # The server does not hand out that ref shallowly (an abbreviated or unadvertised
+        # commit): fetch everything and resolve it here.
+        full = _git(root, "fetch", "--quiet", "--tags", "origin",
+                    "+refs/heads/*:refs/remotes/origin/*", check=False)  # fmt: skip
+        if full.returncode != 0:
+            raise SourceError(f"cannot fetch {uri}: {_last_line(full.stderr)}")
+        if not ref:
+            raise SourceError(f"cannot fetch {uri}: {_last_line(shallow.stderr)}")
+        target = next(
+            (c for c in (f"origin/{ref}", ref) if _git(
+                root, "rev-parse", "--verify", "--quiet", f"{c}^{{commit}}", check=False
+            ).returncode == 0),
+            None,
+        )  # fmt: skip
+        if target is None:
+            raise SourceError(f"{uri} has no branch, tag or commit {ref!r}")
+        _git(root, "checkout", "--quiet", "--detach", target)
+    return _git(root, "rev-parse", "HEAD").stdout.strip()
+
+
+def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},  # fail, never ask for a password
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise SourceError(f"git {args[0]} failed: {_last_line(result.stderr)}")
+    return result
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
