@@ -22,6 +22,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def dockerfile_context(directory: Path, dockerfile: str) -> Path:
+    directory.mkdir()
+    (directory / "Dockerfile").write_text(dockerfile)
+    return directory
+
+
 def fresh_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
     root = tmp_path / name
     monkeypatch.setenv("KILN_ROOT", str(root))
@@ -55,10 +61,9 @@ def test_from_an_image_in_a_registry(
     base = f"{registry.host}/base:1"
     invoke("push", "app:1", base)
     fresh_store(tmp_path, monkeypatch, "builder")
-    context = tmp_path / "derived"
-    context.mkdir()
-    (context / "Dockerfile").write_text(
-        f'FROM {base}\nRUN cat /hello.txt > /copy.txt\nCMD ["cat", "/copy.txt"]\n'
+    context = dockerfile_context(
+        tmp_path / "derived",
+        f'FROM {base}\nRUN cat /hello.txt > /copy.txt\nCMD ["cat", "/copy.txt"]\n',
     )
     invoke("build", "-t", "derived:1", str(context))
     assert invoke("run", "--rm", "derived:1").output == "hello from kiln\n"
@@ -73,9 +78,9 @@ def test_a_missing_remote_base_names_the_line_and_the_registry(
     registry: Registry,
     tmp_path: Path,
 ) -> None:
-    context = tmp_path / "missing"
-    context.mkdir()
-    (context / "Dockerfile").write_text(f"FROM {registry.host}/nothing:1\nRUN true\n")
+    context = dockerfile_context(
+        tmp_path / "missing", f"FROM {registry.host}/nothing:1\nRUN true\n"
+    )
     result = invoke("build", str(context), ok=False)
     assert result.exit_code == 1
     assert "Dockerfile:1" in result.output and "not found on" in result.output
@@ -137,10 +142,9 @@ def test_copy_from_a_remote_image_and_build_push(
 ) -> None:
     invoke("push", "app:1", f"{registry.host}/app:1")
     fresh_store(tmp_path, monkeypatch, "copier")
-    context = tmp_path / "copier-context"
-    context.mkdir()
-    (context / "Dockerfile").write_text(
-        f"FROM scratch\nCOPY --from={registry.host}/app:1 /hello.txt /copied.txt\n"
+    context = dockerfile_context(
+        tmp_path / "copier-context",
+        f"FROM scratch\nCOPY --from={registry.host}/app:1 /hello.txt /copied.txt\n",
     )
     target = f"{registry.host}/copied:1"
     output = invoke("build", "--push", "-t", target, "-o", f"type=local,dest={tmp_path / 'out'}",
@@ -162,9 +166,9 @@ def test_a_parent_registry_serves_the_base_images(
     """atomic-reactor's parent_registry: FROM names one registry, the pull goes to another."""
     invoke("push", "app:1", f"{registry.host}/team/base:7")
     fresh_store(tmp_path, monkeypatch, "parent")
-    context = tmp_path / "parent-context"
-    context.mkdir()
-    (context / "Dockerfile").write_text("FROM registry.example.com/team/base:7\nRUN true\n")
+    context = dockerfile_context(
+        tmp_path / "parent-context", "FROM registry.example.com/team/base:7\nRUN true\n"
+    )
     invoke("build", "--parent-registry", registry.host, "-t", "child:1", str(context))
     assert invoke("run", "--rm", "child:1").output == "hello from kiln\nbuilt\n"
     tags = json.loads(invoke("inspect", "registry.example.com/team/base:7").output)[0]["RepoTags"]
@@ -203,9 +207,9 @@ def test_pull_flag_takes_a_newer_base_from_the_registry(
 ) -> None:
     base = f"{registry.host}/moving:latest"
     invoke("push", "app:1", base)
-    context = tmp_path / "moving-context"
-    context.mkdir()
-    (context / "Dockerfile").write_text(f"FROM {base}\nRUN ls / > /listing.txt\n")
+    context = dockerfile_context(
+        tmp_path / "moving-context", f"FROM {base}\nRUN ls / > /listing.txt\n"
+    )
     invoke("build", "-t", "user:1", str(context))  # pulls the first base
     first = json.loads(invoke("inspect", base).output)[0]["Manifest"]
     invoke("import", str(busybox_rootfs), "plain:1")
