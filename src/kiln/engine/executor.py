@@ -793,7 +793,9 @@ class _Run:
         selected: list[str] = []
         for source in instruction.sources:
             if source.startswith(("http://", "https://", "git@")):
-                raise self.error(instruction, "ADD from a URL needs the network backends (issue 4)")
+                raise self.error(
+                    instruction, "ADD from a URL or a git repository is not supported yet"
+                )
             relative = os.path.normpath("/" + source).lstrip("/")
             if set("*?[") & set(relative):
                 matches = sorted(
