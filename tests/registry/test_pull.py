@@ -219,3 +219,18 @@ def test_pull_flag_takes_a_newer_base_from_the_registry(
     invoke("build", "--pull", "-t", "user:3", str(context))
     assert json.loads(invoke("inspect", base).output)[0]["Manifest"] == newer
     assert "hello.txt" not in invoke("run", "--rm", "user:3", "cat", "/listing.txt").output
+
+
+def test_from_an_image_by_its_digest(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    digest = invoke("push", "-q", "app:1", f"{registry.host}/pinned:1").output.strip()
+    fresh_store(tmp_path, monkeypatch, "pinned")
+    pinned = f"{registry.host}/pinned@{digest}"
+    context = dockerfile_context(tmp_path / "pinned-context", f"FROM {pinned}\nRUN true\n")
+    invoke("build", "-t", "on-pinned:1", str(context))
+    assert invoke("run", "--rm", "on-pinned:1").output == "hello from kiln\nbuilt\n"
+    assert json.loads(invoke("inspect", pinned).output)[0]["Manifest"] == digest

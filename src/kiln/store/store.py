@@ -325,6 +325,12 @@ class Store:
                 raise StoreError(f"{name!r} matches several images; give more of the ID")
             if found:
                 return found.pop()
+        if "@sha256:" in name:  # name@digest: the manifest of that digest, if it is stored
+            digest = "sha256:" + name.rpartition("@sha256:")[2]
+            row = self.db.execute("SELECT manifest FROM images WHERE manifest = ?", (digest,))
+            found = row.fetchone()
+            if found is not None:
+                return str(found[0])
         tag = self._tag_of(name)
         if tag is not None:
             row = self.db.execute("SELECT manifest FROM tags WHERE name = ?", (tag,)).fetchone()
