@@ -234,3 +234,43 @@ def test_from_an_image_by_its_digest(
     invoke("build", "-t", "on-pinned:1", str(context))
     assert invoke("run", "--rm", "on-pinned:1").output == "hello from kiln\nbuilt\n"
     assert json.loads(invoke("inspect", pinned).output)[0]["Manifest"] == digest
+
+
+def test_a_pulled_image_is_saved_for_docker_load(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    docker_engine: DockerEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its layers stay compressed in the store; the saved archive still loads and runs."""
+    invoke("push", "app:1", f"{registry.host}/saved:1")
+    fresh_store(tmp_path, monkeypatch, "saver")
+    invoke("pull", f"{registry.host}/saved:1")
+    archive = tmp_path / "pulled.tar"
+    invoke("save", "-o", str(archive), f"{registry.host}/saved:1")
+    docker_engine.run("load", "-i", str(archive))
+    output = docker_engine.run("run", "--rm", "--network", "none", f"{registry.host}/saved:1")
+    assert output == "hello from kiln\nbuilt\n"
+
+
+def test_an_image_built_on_a_pulled_base_loads_into_docker(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    docker_engine: DockerEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compressed layers pulled from a registry and uncompressed ones built here, together."""
+    invoke("push", "app:1", f"{registry.host}/mixed-base:1")
+    fresh_store(tmp_path, monkeypatch, "mixed")
+    context = dockerfile_context(
+        tmp_path / "mixed-context",
+        f"FROM {registry.host}/mixed-base:1\nRUN echo added > /added.txt\n"
+        'CMD ["cat", "/hello.txt", "/added.txt"]\n',
+    )
+    archive = tmp_path / "mixed.tar"
+    invoke("build", "-t", "mixed:1", "-o", f"type=docker,dest={archive}", str(context))
+    docker_engine.run("load", "-i", str(archive))
+    output = docker_engine.run("run", "--rm", "--network", "none", "mixed:1")
+    assert output == "hello from kiln\nadded\n"
