@@ -41,6 +41,18 @@ def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None
     return root
 
 
+def gzipped_context(files: dict[str, bytes]) -> io.BytesIO:
+    """A build context as a gzipped tar, for ``custom_context=True``."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive.seek(0)
+    return archive
+
+
 def test_build_from_a_path_with_docker_py_arguments(client: Client, tmp_path: Path) -> None:
     ctx = context(
         tmp_path,
@@ -78,13 +90,7 @@ def test_build_from_a_fileobj_dockerfile_and_a_custom_context(
     image, _ = client.images.build(fileobj=io.BytesIO(b"FROM busybox:base\nRUN true\n"),
                                    tag="lone:1")  # fmt: skip
     assert image.tags == ["lone:1"]
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-        for name, data in (("Dockerfile", b"FROM busybox:base\nCOPY f /f\n"), ("f", b"ctx")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    archive.seek(0)
+    archive = gzipped_context({"Dockerfile": b"FROM busybox:base\nCOPY f /f\n", "f": b"ctx"})
     image, _ = client.images.build(fileobj=archive, custom_context=True, encoding="gzip",
                                    tag="ctx:1")  # fmt: skip
     assert next(h["CreatedBy"] for h in image.history()).startswith("COPY f /f")

@@ -15,6 +15,7 @@ from kiln.api import BuildError, Client, ImageNotFound
 from kiln.api.docker_backend import context_tar
 from kiln.reference import Reference
 from kiln.store.transfer import import_rootfs
+from tests.api.test_client import gzipped_context
 from tests.engines import DockerEngine
 
 pytestmark = pytest.mark.skipif(
@@ -204,13 +205,7 @@ def test_every_docker_py_build_keyword_on_the_engine(
     assert "who=kw proxy=http://proxy.example:3128" in text
     assert "10.0.0.4" in text and "32768" in text  # the host line, and /dev/shm's 1K-blocks
     assert image.labels == {"k": "v"}
-    tar = io.BytesIO()
-    with tarfile.open(fileobj=tar, mode="w:gz") as archive:
-        for name, data in (("Dockerfile", b"FROM busybox:base\nCOPY f /f\n"), ("f", b"x")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    tar.seek(0)
+    tar = gzipped_context({"Dockerfile": b"FROM busybox:base\nCOPY f /f\n", "f": b"x"})
     image, logs = engine.images.build(fileobj=tar, custom_context=True, encoding="gzip",
                                       tag="ctx:1", quiet=True)  # fmt: skip
     assert image.tags == ["ctx:1"]

@@ -147,6 +147,10 @@ def _parse_build_args(values: tuple[str, ...]) -> dict[str, str]:
 # -- the image store ---------------------------------------------------------------------------
 
 
+def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    return dict(label.partition("=")[::2] for label in values)
+
+
 def _parse_host(value: str) -> tuple[str, str]:
     name, colon, address = value.partition(":")
     if not colon or not name or not address:
@@ -420,7 +424,7 @@ def build_command(
             tags=tags,
             build_args=_parse_build_args(build_args),
             target=target,
-            labels=dict(label.partition("=")[::2] for label in labels),
+            labels=_parse_labels(labels),
             network=network,
             no_cache=no_cache,
             isolation=isolation,
@@ -594,7 +598,7 @@ def _build_on_engine(
             path=str(context),
             dockerfile=str(file.resolve().relative_to(context.resolve())) if file else None,
             tag=tags[0] if tags else None, buildargs=_parse_build_args(build_args),
-            target=target or None, labels=dict(label.partition("=")[::2] for label in labels),
+            target=target or None, labels=_parse_labels(labels),
             network_mode=network, nocache=no_cache, pull=pull,
             extra_hosts=dict(_parse_host(h) for h in add_hosts) or None,
             shmsize=_parse_size(shm_size),

@@ -1,9 +1,9 @@
 """Scanning a build context: what is in it, and a content digest for every file.
 
-A scan is two passes. The stat walk lists every path with its stat; it runs as GNU
-``find`` in a child process (on another core, while kiln goes on importing and planning),
-or in Python where no GNU find is installed. Then kiln keeps what ``.dockerignore`` lets
-through and gives every file a digest.
+A scan is two passes. The stat walk lists every path with its stat: the top level in
+Python, what is below it in up to four GNU ``find`` processes (which run while kiln goes
+on importing and planning), or all of it in Python where no GNU find is installed. Then
+kiln keeps what ``.dockerignore`` lets through and gives every file a digest.
 
 Digests are remembered in a ``DigestCache`` with the stat they were taken under (device,
 inode, size, mtime, ctime), so a re-scan reads no file whose stat is unchanged; and when the
@@ -221,10 +221,11 @@ class ContextScan:
         self._result: ContextSnapshot | None = None
         self._head, self._starts = self._top()
         self._walks: list[tuple[subprocess.Popen[bytes], IO[bytes]]] | None = []
+        prune = self._prune_expression()
         try:
             for share in _shares([path for path, _ in self._starts], _WALKS):
                 output = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
-                self._walks.append((self._start_find(share, output), output))
+                self._walks.append((self._start_find(share, prune, output), output))
         except OSError:  # no find here: the Python walk will do
             self.close()
             self._walks = None
@@ -253,10 +254,12 @@ class ContextScan:
             self._writer.join()
             self._writer = None
 
-    def _start_find(self, starts: list[str], output: IO[bytes]) -> subprocess.Popen[bytes]:
+    def _start_find(
+        self, starts: list[str], prune: list[str], output: IO[bytes]
+    ) -> subprocess.Popen[bytes]:
         try:
             return subprocess.Popen(
-                [FIND, *starts, *self._prune_expression(), "-printf", _FIND_FORMAT],
+                [FIND, *starts, *prune, "-printf", _FIND_FORMAT],
                 cwd=self.root, stdin=subprocess.DEVNULL, stdout=output,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -329,7 +332,6 @@ class ContextScan:
         return rows, previous.positions
 
     # -- the stat walk
-    # -- the stat walk
 
     def _pruned(self) -> list[str]:
         """The directories the walk skips: those a plain pattern excludes and that no
@@ -385,18 +387,11 @@ class ContextScan:
     def _listing(self) -> tuple[str, bytes]:
         """The walk's listing, and a digest of it with the patterns it is filtered by."""
         listing = hashlib.sha256(f"{_CACHE_FORMAT}\n{self.key}\0".encode())
-        found = [self._head]
-        for process, output in self._walks or ():
-            if process.wait() != 0:
-                break
-            output.seek(0)
-            found.append(output.read())
-        else:
-            if self._walks is not None:
-                data = b"".join(found)
-                listing.update(data)
-                return listing.hexdigest(), data
-        data = self._head + self._walk()
+        walks = self._walks
+        if walks is not None and all(process.wait() == 0 for process, _ in walks):
+            data = self._head + b"".join(_read_all(output) for _, output in walks)
+        else:  # no find here, or one failed: the Python walk says where and why
+            data = self._head + self._walk()
         listing.update(data)
         return listing.hexdigest(), data
 
@@ -528,6 +523,11 @@ def _shares(paths: list[str], count: int) -> list[list[str]]:
     process costs more than it saves), in order."""
     size = max(-(-len(paths) // count), 8)
     return [paths[i : i + size] for i in range(0, len(paths), size)]
+
+
+def _read_all(output: IO[bytes]) -> bytes:
+    output.seek(0)
+    return output.read()
 
 
 def _records(listing: bytes) -> list[Record]:
