@@ -283,6 +283,23 @@ def test_independent_stages_run_at_the_same_time(kiln_root: Path, tmp_path: Path
     assert times["a.start"] < times["b.end"] and times["b.start"] < times["a.end"]  # overlapped
 
 
+def test_copy_from_a_stage_a_directory_into_a_new_directory(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    # A whole-directory copy into a new directory is deferred to the upper dir, but never
+    # from a stage or image: their mounts are gone by the time the deferred copy runs.
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base AS tools\nRUN mkdir -p /opt/kiln/bin && echo run > /opt/kiln/bin/t\n"
+        "FROM busybox:base\nCOPY --from=tools /opt/kiln /opt/kiln\n"
+        "COPY --from=busybox:base /etc /copied/etc\n",
+    )
+    invoke("build", "-t", "app:fromdir", str(ctx))
+    rootfs = unpack(kiln_root, "fromdir", tmp_path)
+    assert (rootfs / "opt/kiln/bin/t").read_text() == "run\n"
+    assert (rootfs / "copied/etc/passwd").read_text().startswith("root:x:0:0:")
+
+
 def test_a_failing_stage_fails_the_build_of_parallel_stages(
     kiln_root: Path, tmp_path: Path
 ) -> None:

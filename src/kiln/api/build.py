@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from kiln.api.images import BuildError, NotSupported
 from kiln.errors import KilnError
 from kiln.platform import Platform
 from kiln.store import Store, StoredImage
+
+if TYPE_CHECKING:
+    from kiln.engine.executor import Volume
 
 # docker-py's proxy settings (``~/.docker/config.json`` "proxies") and the build args
 # they become, as the docker CLI passes them.
@@ -55,6 +58,7 @@ def build_native(
     isolation: str | None = None,
     use_config_proxy: bool = True,
     output: Callable[[str], None] | None = None,
+    volumes: Sequence[Volume] = (),  # kiln's own: host paths bound into RUN steps
 ) -> tuple[StoredImage, list[dict[str, Any]]]:
     """Build as docker-py's ``images.build`` describes, natively.
 
@@ -102,6 +106,7 @@ def build_native(
             pull=pull,
             extra_hosts=_hosts(extra_hosts),
             shm_size=shmsize or 64 << 20,
+            volumes=tuple(volumes),
         )
         try:
             image = Builder(store, record).build(request)

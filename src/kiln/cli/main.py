@@ -19,12 +19,14 @@ import click
 
 from kiln import __version__
 from kiln.cli.progress import MODES, printer
+from kiln.cli.workflow import workflow_group
 from kiln.errors import KilnError
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
 
 if TYPE_CHECKING:
     from kiln.dockerfile.document import Dockerfile
+    from kiln.engine.executor import Volume
     from kiln.registry import RegistryClient
 
 # Commands import the rest of kiln when they run: `kiln images` need not load the Dockerfile
@@ -156,6 +158,19 @@ def _parse_host(value: str) -> tuple[str, str]:
     if not colon or not name or not address:
         raise click.BadParameter(f"{value!r}: expected NAME:ADDRESS", param_hint="--add-host")
     return name, address
+
+
+def _parse_volume(value: str) -> Volume:
+    """``HOST:CONTAINER[:ro|rw]``, as buildah's ``--volume``; read-write unless ``ro``."""
+    from kiln.engine.executor import Volume
+
+    source, _, rest = value.partition(":")
+    target, _, mode = rest.partition(":")
+    if not source or not target or mode not in ("", "ro", "rw"):
+        raise click.BadParameter(
+            f"{value!r}: expected HOST:CONTAINER[:ro|rw]", param_hint="--volume"
+        )
+    return Volume(Path(source), target, readonly=mode == "ro")
 
 
 def _parse_size(value: str) -> int:
@@ -350,6 +365,14 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
     help="Add a line to /etc/hosts in RUN steps (repeatable).",
 )
 @click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="HOST:CONTAINER[:ro|rw]",
+    help="Bind a host path into RUN steps, never into the image (repeatable).",
+)
+@click.option(
     "--shm-size",
     default="64m",
     show_default=True,
@@ -363,7 +386,18 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
     help="Pull base images from HOST, whatever registry their names say.",
 )  # fmt: skip
 @click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST", help=_INSECURE_HELP)
-@click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--source", metavar="git+URI[#REF] | PATH",
+    help="Build from a git repository at REF (or a directory) through the plugin workflow, "
+    "instead of a CONTEXT; -f is then the Dockerfile's path in it.",
+)  # fmt: skip
+@click.option(
+    "--results", "results_path", type=click.Path(dir_okay=False, path_type=Path),
+    help="With --source: write the build's results (JSON) here.",
+)  # fmt: skip
+@click.argument(
+    "context", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
 def build_command(
     tags: tuple[str, ...],
     file: Path | None,
@@ -380,18 +414,41 @@ def build_command(
     isolation: str | None,
     iidfile: Path | None,
     add_hosts: tuple[str, ...],
+    volumes: tuple[str, ...],
     shm_size: str,
     pull: bool,
     push: bool,
     parent_registry: str,
     insecure: tuple[str, ...],
     backend: str,
-    context: Path,
+    source: str | None,
+    results_path: Path | None,
+    context: Path | None,
 ) -> None:
-    """Build an image from a Dockerfile and a context, with no daemon."""
+    """Build an image from a Dockerfile and a context (or a --source), with no daemon."""
+    if source is not None:
+        ignored = {"CONTEXT": context, "--output": outputs, "--load": load, "--secret": secrets,
+                   "--add-host": add_hosts, "--volume": volumes, "--label": labels,
+                   "--network": network != "host", "--shm-size": shm_size != "64m"}  # fmt: skip
+        refused = [name for name, value in ignored.items() if value]
+        if refused:
+            raise click.UsageError(f"{', '.join(refused)}: not with --source")
+        image_id = _build_source(
+            source, tags, file, build_args, target, no_cache, isolation, pull, push,
+            parent_registry, insecure, backend, quiet, results_path,
+        )  # fmt: skip
+        if iidfile is not None:
+            iidfile.write_text(image_id)
+        click.echo(image_id if quiet else f"Successfully built {image_id}", err=not quiet)
+        return
+    if context is None:
+        raise click.UsageError("give a CONTEXT directory, or --source")
+    if results_path is not None:
+        raise click.UsageError("--results: only with --source")
     if backend == "docker":
         native_only = {"--output": outputs, "--load": load, "--push": push, "--secret": secrets,
-                       "--parent-registry": parent_registry, "--isolation": isolation}  # fmt: skip
+                       "--parent-registry": parent_registry, "--isolation": isolation,
+                       "--volume": volumes}  # fmt: skip
         refused = [name for name, value in native_only.items() if value]
         if refused:
             raise click.UsageError(f"{', '.join(refused)}: not with --backend docker")
@@ -434,6 +491,7 @@ def build_command(
             parent_registry=parent_registry,
             extra_hosts=tuple(_parse_host(h) for h in add_hosts),
             shm_size=_parse_size(shm_size),
+            volumes=tuple(_parse_volume(v) for v in volumes),
         )
         output = printer("quiet" if quiet else progress)
         store = _store()
@@ -463,6 +521,60 @@ def build_command(
             click.echo(f"Successfully built {image.id}", err=True)
             for tag in image.tags:
                 click.echo(f"Successfully tagged {Reference.parse(tag).familiar}", err=True)
+
+
+def _build_source(
+    source: str,
+    tags: tuple[str, ...],
+    file: Path | None,
+    build_args: tuple[str, ...],
+    target: str,
+    no_cache: bool,
+    isolation: str | None,
+    pull: bool,
+    push: bool,
+    parent_registry: str,
+    insecure: tuple[str, ...],
+    backend: str,
+    quiet: bool,
+    results_path: Path | None,
+) -> str:
+    """``kiln build --source``: the plugin workflow with the options as plugins (``--pull``:
+    pull_base_image, ``--push``: tag_and_push); the image ID."""
+    from kiln.workflow import BuildDescription, BuildWorkflow
+
+    if not tags:
+        raise click.UsageError("--source needs -t NAME for the image")
+    if source.startswith("git+"):
+        uri, _, ref = source.removeprefix("git+").rpartition("#") if "#" in source else (
+            source.removeprefix("git+"), "", ""
+        )  # fmt: skip
+        spec: dict[str, object] = {"provider": "git", "uri": uri,
+                                   "provider_params": {"git_commit": ref}}  # fmt: skip
+    else:
+        path = Path(source.removeprefix("file://")).resolve()
+        spec = {"provider": "path", "uri": f"file://{path}"}
+    spec["dockerfile_path"] = str(file) if file else ""
+    registries = {Reference.parse(t).registry for t in tags}
+    description = BuildDescription.from_dict({
+        "source": spec, "image": tags[0], "tags": list(tags[1:]), "backend": backend,
+        "build_args": _parse_build_args(build_args), "target": target, "no_cache": no_cache,
+        "isolation": isolation,
+        **({"parent_registry": parent_registry,
+            "parent_registry_insecure": parent_registry in insecure} if parent_registry else {}),
+        "prebuild_plugins": [{"name": "pull_base_image"}] if pull else [],
+        "postbuild_plugins": [{"name": "tag_and_push", "args": {"registries": {
+            r: {"insecure": r in insecure} for r in sorted(registries)}}}] if push else [],
+    }, "--source build")  # fmt: skip
+    if push and len(registries) > 1:
+        raise click.UsageError("--source --push: give -t names of one registry")
+    output = None if quiet else (lambda line: click.echo(line, err=True))
+    results = BuildWorkflow(description, output=output).run()
+    if results_path is not None:
+        results.write(results_path)
+    if results.failed:
+        raise KilnError(f"build failed: {results.error}")
+    return results.image_id
 
 
 # -- registries ----------------------------------------------------------------------------
@@ -624,6 +736,9 @@ def run_command(rm: bool, network: str, image: str, command: tuple[str, ...]) ->
 
     status = run_image(_store(), image, list(command), network, output)
     sys.exit(status)
+
+
+cli.add_command(workflow_group)
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ from kiln.dockerfile.instructions import (
 from kiln.dockerfile.mounts import Mount
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
 from kiln.engine.history import created_by
-from kiln.engine.runtime import ProcessSpec, RuntimeMount, resolve_user, run
+from kiln.engine.runtime import ProcessSpec, RuntimeMount, default_isolation, resolve_user, run
 from kiln.engine.scope import in_scope
 from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.engine.snapshotter import mounted, snapshotter
@@ -84,6 +84,17 @@ class BuildError(DockerfileError):
 
 
 @dataclass(frozen=True)
+class Volume:
+    """A host file or directory bound into every RUN step (``--volume HOST:CONTAINER[:ro]``,
+    as buildah and incubator have them): secrets, repository definitions, caches that RUN
+    steps may read (or, unless ``readonly``, write) but no layer ever captures."""
+
+    source: Path
+    target: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
 class BuildRequest:
     """One ``kiln build``: the context, the Dockerfile and docker build's options."""
 
@@ -102,6 +113,7 @@ class BuildRequest:
     parent_registry: str = ""  # pull base images from here, whatever registry they name
     extra_hosts: tuple[tuple[str, str], ...] = ()  # --add-host NAME:ADDRESS, for RUN steps
     shm_size: int = 64 << 20  # --shm-size: bytes of /dev/shm in RUN steps
+    volumes: tuple[Volume, ...] = ()  # --volume HOST:CONTAINER[:ro|rw], for RUN steps
 
 
 @dataclass
@@ -149,6 +161,7 @@ class Builder:
         if scan is None:
             scan = ContextScan(request.context, ignore.matcher if ignore else None)
         with scan:
+            request = replace(request, volumes=_checked_volumes(request))
             document = load_dockerfile(dockerfile_path, display_name=str(dockerfile_path))
             plan = plan_build(
                 document,
@@ -482,8 +495,12 @@ class _Run:
                 shutil.rmtree(upper, ignore_errors=True)
 
     def run_key(self, state: _State, step: Step) -> dict[str, object]:
+        """What a RUN's result depends on. Volumes count by how they are bound (source path,
+        target, read-only), not by what they hold, as secrets: a file a volume lends a step
+        may change without the step running again (``--no-cache`` runs it)."""
         instruction = step.instruction
         assert isinstance(instruction, Run)
+        volumes = [[str(v.source), v.target, v.readonly] for v in self.request.volumes]
         return {
             "run": _run_args(instruction, state.config),
             "env": [f"{k}={v}" for k, v in step.env],
@@ -495,6 +512,7 @@ class _Run:
             # as in BuildKit's exec op: what the step could see of these is part of its key
             **({"hosts": list(self.request.extra_hosts)} if self.request.extra_hosts else {}),
             **({"shm": self.request.shm_size} if self.request.shm_size != 64 << 20 else {}),
+            **({"volumes": volumes} if volumes else {}),
         }
 
     def mount_key(self, mount: Mount) -> str:
@@ -561,12 +579,16 @@ class _Run:
         assert isinstance(instruction, Run)
         args = _run_args(instruction, state.config)
         env = [f"{k}={v}" for k, v in step.env] + [f"{k}={v}" for k, v in self.plan.proxy_env]
+        volumes = [
+            RuntimeMount(v.target, "bind", str(v.source), ("rbind", "ro" if v.readonly else "rw"))
+            for v in self.request.volumes
+        ]
         with ExitStack() as stack:
             mounts = tuple(
                 self.runtime_mount(instruction, mount, stack, env)
                 for mount in instruction.resolved_mounts
             )
-            self.run_process(state, step, rootfs, args, env, [m for m in mounts if m])
+            self.run_process(state, step, rootfs, args, env, [*volumes, *(m for m in mounts if m)])
 
     def run_process(
         self,
@@ -696,9 +718,14 @@ class _Run:
                     "a directory and end with a /",
                 )
             unpack = isinstance(instruction, Add) and instruction.unpack is not False
-            # Only a lone source may be copied after the others (see run_on_overlay).
-            alone = len(sources) == 1 and not instruction.inline
-            into_upper = getattr(self.current, "into_upper", None) if alone else None
+            # Only a lone source may be copied after the others (see run_on_overlay), and
+            # only from the context: a stage's or image's mount is gone by then.
+            deferrable = (
+                len(sources) == 1
+                and not instruction.inline
+                and source_root == (self.request.context)
+            )
+            into_upper = getattr(self.current, "into_upper", None) if deferrable else None
             exclude = PatternMatcher(list(instruction.excludes)) if instruction.excludes else None
             parents = isinstance(instruction, Copy) and instruction.parents
             for relative in sources:
@@ -828,6 +855,26 @@ class _Run:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _checked_volumes(request: BuildRequest) -> tuple[Volume, ...]:
+    """``request.volumes`` with absolute sources and normalised targets, refused before any
+    step runs if a source is missing, a target is relative or "/", or RUN steps cannot take
+    mounts (the chroot isolation)."""
+    checked = []
+    for volume in request.volumes:
+        name = f"--volume {volume.source}:{volume.target}"
+        if not volume.target.startswith("/"):
+            raise KilnError(f"{name}: the container path must be absolute")
+        target = "/" + os.path.normpath(volume.target).lstrip("/")
+        if target == "/":
+            raise KilnError(f"{name}: cannot mount over the root filesystem")
+        if not os.path.exists(volume.source):
+            raise KilnError(f"{name}: {volume.source} does not exist")
+        checked.append(replace(volume, source=volume.source.absolute(), target=target))
+    if checked and (request.isolation or default_isolation()) != "oci":
+        raise KilnError("--volume needs the oci isolation (runc)")
+    return tuple(checked)
 
 
 def _timestamp(seconds: float) -> str:

@@ -57,22 +57,25 @@ class Source:
     context: Path
     dockerfile: Path
     commit: str = ""
+    in_place: bool = False  # the user's own directory: to be read, never written
 
 
 def prepare_source(spec: SourceSpec, workdir: Path) -> Source:
     """Fetch or locate ``spec`` (into ``workdir`` where a copy is needed)."""
     if spec.provider == "git":
+        in_place = False
         root = workdir / "source"
         commit = _fetch_git(spec.uri, str(spec.provider_params.get("git_commit") or ""), root)
     else:
         root = _path_of(spec.uri)
         commit = ""
-        if spec.provider_params.get("copy"):
+        in_place = not spec.provider_params.get("copy")
+        if not in_place:
             copy = workdir / "source"
             shutil.copytree(root, copy, symlinks=True)
             root = copy
     context, dockerfile = _dockerfile(root, spec, commit)
-    return Source(spec, root, context, dockerfile, commit)
+    return Source(spec, root, context, dockerfile, commit, in_place)
 
 
 def _path_of(uri: str) -> Path:
