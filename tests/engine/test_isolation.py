@@ -62,3 +62,20 @@ def test_run_is_isolated_and_leaves_no_mount_points(
     first, second = layers(tmp_path, f"iso:{isolation}")
     assert first == ["bin", "bin/.wh.vi", "devs", "info"]
     assert second == ["tmp", "tmp/uid"]
+
+
+def test_runc_is_not_chosen_where_cgroups_are_read_only(tmp_path: Path) -> None:
+    from kiln.engine.runtime import _cgroups_writable
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0\n"
+        "cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,nodev,noexec,relatime,memory 0 0\n"
+    )
+    assert _cgroups_writable(mounts)  # a read-only tmpfs above the controllers is usual
+    mounts.write_text(
+        "cgroup /sys/fs/cgroup/memory cgroup ro,nosuid,nodev,noexec,relatime,memory 0 0\n"
+    )
+    assert not _cgroups_writable(mounts)  # a container without --privileged
+    mounts.write_text("cgroup2 /sys/fs/cgroup cgroup2 ro,nosuid,nodev,noexec,relatime 0 0\n")
+    assert not _cgroups_writable(mounts)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from kiln.cli.main import cli
 from kiln.store import Store
 from kiln.workflow import BuildResults
+from tests.engines import DockerEngine
 from tests.registries import Registry
 from tests.workflow.support import git_repository, publish_busybox, skopeo_inspect
 
@@ -165,3 +166,41 @@ def test_kiln_build_source_errors_are_one_line(kiln_root: Path, tmp_path: Path) 
     result = CliRunner().invoke(cli, ["build", "--source", str(tmp_path), "-t", "a:1",
                                       "--volume", "/x:/y", str(tmp_path)])  # fmt: skip
     assert result.exit_code == 2 and "CONTEXT, --volume: not with --source" in result.stderr
+
+
+def test_the_workflow_on_a_docker_engine(
+    kiln_root: Path, busybox_rootfs: Path, registry: Registry, tmp_path: Path,
+    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from kiln.api.workflow import build_image_here
+
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    base = publish_busybox(busybox_rootfs, registry.host, tmp_path)
+    commit = git_repository(tmp_path / "repo", {
+        "Dockerfile": f"FROM {base}\nRUN echo a > /a && echo b > /b\nRUN rm /a\n"
+                      "LABEL name=team/dapp version=3 release=1\n",
+    })  # fmt: skip
+    results = build_image_here(
+        {"provider": "git", "uri": f"file://{tmp_path}/repo"}, "team/dapp:build",
+        target_registries=[registry.host], backend="docker",
+        prebuild_plugins=[{"name": "change_from_in_dockerfile"},
+                          {"name": "add_labels_in_dockerfile"}],
+        prepublish_plugins=[{"name": "squash"}, {"name": "test_built_image",
+                             "args": {"command": ["cat", "/b"], "expect_output": "b"}}],
+        postbuild_plugins=[{"name": "tag_by_labels", "args": {"floating": False}}],
+    )  # fmt: skip
+    assert not results.failed, results.error
+    assert results.commit == commit
+    # pull_base_image came first (build_image_here adds it), through the engine.
+    assert [r.key for r in results.plugins][:2] == ["pull_base_image", "change_from_in_dockerfile"]
+    squashed = results.plugin("squash").result  # type: ignore[union-attr]
+    assert (squashed["layers_before"], squashed["layers_after"]) == (3, 2)
+    inspected = json.loads(docker_engine.run("image", "inspect", results.image_id))[0]
+    assert len(inspected["RootFS"]["Layers"]) == 2
+    assert inspected["Config"]["Labels"]["vcs-ref"] == commit
+    assert docker_engine.run("run", "--rm", "--network", "host", results.image_id,
+                             "ls", "/a", check=False) == ""  # fmt: skip
+    pushed = results.pushed[registry.host]
+    assert [p.name for p in pushed] == [f"{registry.host}/team/dapp:{t}" for t in ("build", "3-1")]
+    for image in pushed:
+        assert skopeo_inspect(image.name)["Digest"] == image.digest

@@ -148,13 +148,16 @@ def _in_buildroot(
     """Shared by both container modes. kiln's own keywords: ``docker_base_url`` (the engine;
     default: docker-py's environment), ``output_dir`` (a host directory that is the
     container's working directory, so relative output paths of plugins land there),
-    ``output`` (gets the container's log lines)."""
+    ``output`` (gets the container's log lines), ``container_options`` (more keywords for
+    docker-py's ``containers.run``, overriding kiln's: where ``privileged`` cannot be had,
+    say, the capabilities to give instead)."""
     import docker
     import docker.errors
 
     base_url: str | None = kwargs.pop("docker_base_url", None)
     output_dir: Path | None = kwargs.pop("output_dir", None)
     output: Callable[[str], None] = kwargs.pop("output", None) or (lambda line: None)
+    options: dict[str, Any] = dict(kwargs.pop("container_options", None) or {})
     client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
     shared = Path(tempfile.mkdtemp(prefix="kiln-buildroot-"))
     try:
@@ -167,7 +170,7 @@ def _in_buildroot(
             output_dir.mkdir(parents=True, exist_ok=True)
             volumes[str(output_dir.resolve())] = {"bind": f"{SHARED}/output", "mode": "rw"}
         if hosts_docker:
-            socket = _socket_path(client)
+            socket = _socket_path(base_url)
             volumes[socket] = {"bind": "/var/run/docker.sock", "mode": "rw"}
         BuildDescription.from_dict(data)  # a bad description fails here, not in the container
         (shared / "build.json").write_text(json.dumps(data, indent=2))
@@ -175,14 +178,14 @@ def _in_buildroot(
         if hosts_docker:
             environment["DOCKER_HOST"] = "unix:///var/run/docker.sock"
         try:
-            container = client.containers.run(
-                build_image,
-                ["kiln", "workflow", "run", f"{SHARED}/build.json",
-                 "--results", f"{SHARED}/results.json"],
-                detach=True, privileged=not hosts_docker, network_mode="host",
-                volumes=volumes, environment=environment,
-                working_dir=f"{SHARED}/output" if output_dir is not None else SHARED,
-            )  # fmt: skip
+            container = client.containers.run(build_image, **{
+                "command": ["kiln", "workflow", "run", f"{SHARED}/build.json",
+                            "--results", f"{SHARED}/results.json"],
+                "detach": True, "privileged": not hosts_docker, "network_mode": "host",
+                "volumes": volumes, "environment": environment,
+                "working_dir": f"{SHARED}/output" if output_dir is not None else SHARED,
+                **options,
+            })  # fmt: skip
         except docker.errors.DockerException as err:
             raise BuildrootError(f"cannot start buildroot {build_image}: {err}") from None
         try:
@@ -236,14 +239,12 @@ def _share(data: dict[str, Any], shared: Path) -> dict[str, dict[str, str]]:
     return volumes
 
 
-def _socket_path(client: Any) -> str:
-    url = str(client.api.base_url)
-    for prefix in ("http+unix://", "unix://"):
-        if url.startswith(prefix):
-            import urllib.parse
-
-            return urllib.parse.unquote(url.removeprefix(prefix))
-    raise BuildrootError(f"the engine at {url} has no local socket to give the buildroot")
+def _socket_path(base_url: str | None) -> str:
+    """The engine's socket on this machine (docker-py hides it behind http+docker://)."""
+    url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not url.startswith("unix://"):
+        raise BuildrootError(f"the engine at {url} has no local socket to give the buildroot")
+    return url.removeprefix("unix://")
 
 
 def _push_buildroot(

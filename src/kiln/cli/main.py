@@ -350,7 +350,8 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
 )  # fmt: skip
 @click.option(
     "--isolation", type=click.Choice(["oci", "chroot"]), default=None,
-    help="How RUN steps are isolated (default: oci when runc is installed, else chroot).",
+    help="How RUN steps are isolated (default: oci where runc is installed and cgroups are "
+    "writable, else chroot).",
 )  # fmt: skip
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
 @click.option(

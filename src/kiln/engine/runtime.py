@@ -113,8 +113,22 @@ def runtime_available() -> bool:
 
 
 def default_isolation() -> str:
-    """``oci`` where runc is installed, ``chroot`` elsewhere."""
-    return "oci" if runtime_available() else "chroot"
+    """``oci`` where runc is installed and can make cgroups, ``chroot`` elsewhere: inside a
+    container whose cgroup mounts are read-only (Docker's default without --privileged),
+    runc fails on every step ("mkdir /sys/fs/cgroup/...: read-only file system")."""
+    return "oci" if runtime_available() and _cgroups_writable() else "chroot"
+
+
+def _cgroups_writable(mounts: Path = Path("/proc/self/mounts")) -> bool:
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return True  # cannot tell: let runc say
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[2] in ("cgroup", "cgroup2") and "ro" in fields[3].split(","):
+            return False
+    return True
 
 
 def run(
