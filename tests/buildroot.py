@@ -8,7 +8,6 @@ and its dependencies come from a wheelhouse that pip fills (PyPI, or pip's cache
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.debootstrap import debootstrap_tar
 from tests.engines import DOCKER_CLIENT, DockerEngine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,40 +46,10 @@ def kiln_command() -> str:
 
 
 def base_tar(cache_dir: Path = CACHE) -> Path:
-    """Debian bookworm minbase with python3, python3-venv, git, runc and ca-certificates
-    (debootstrap, about a minute the first time), kept as a tar in ``cache_dir``."""
+    """Debian bookworm minbase with python3, python3-venv, git, runc and ca-certificates,
+    kept as a tar in ``cache_dir``."""
     tag = hashlib.sha256(" ".join(PACKAGES).encode()).hexdigest()[:8]
-    cached = cache_dir / f"bookworm-buildroot-{tag}.tar"
-    if cached.exists():
-        return cached
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap is not installed (.ci/run installs it)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / "buildroot.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker bootstraps, the others wait
-        if cached.exists():
-            return cached
-        target = cached.with_suffix(".partial")
-        shutil.rmtree(target, ignore_errors=True)
-        result = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm",
-             str(target), "http://deb.debian.org/debian"],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if result.returncode != 0:
-            pytest.fail(f"debootstrap failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
-        for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for path in (target / leftover).glob("*"):
-                if path.is_file():
-                    path.unlink()
-        partial = cached.with_suffix(".tar.partial")
-        subprocess.run(
-            ["tar", "--numeric-owner", "--xattrs", "-C", str(target), "-cf", str(partial), "."],
-            check=True,
-        )
-        partial.replace(cached)
-        shutil.rmtree(target, ignore_errors=True)
-    return cached
+    return debootstrap_tar(cache_dir / f"bookworm-buildroot-{tag}.tar", PACKAGES)
 
 
 def build_context(tmp: Path) -> Path:

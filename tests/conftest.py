@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.debootstrap import debootstrap_tar
 from tests.engines import DOCKER_CLIENT, DockerEngine
 from tests.registries import Registry, start_registry, write_htpasswd
 
@@ -90,33 +90,7 @@ DEBIAN_CACHE = Path(os.environ.get("KILN_TEST_CACHE", "/var/cache/kiln-tests"))
 def debian_rootfs_tar() -> Path:
     """A Debian bookworm minbase root filesystem (debootstrap, about 40 s), as a tar kept in
     ``$KILN_TEST_CACHE`` so later runs on the machine reuse it."""
-    cached = DEBIAN_CACHE / "bookworm-minbase.tar"
-    if cached.exists():
-        return cached
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap is not installed (.ci/run installs it)")
-    DEBIAN_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(DEBIAN_CACHE / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker bootstraps, the others wait
-        if cached.exists():
-            return cached
-        target = DEBIAN_CACHE / "bookworm-minbase.partial"
-        shutil.rmtree(target, ignore_errors=True)
-        result = subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", str(target),
-             "http://deb.debian.org/debian"],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if result.returncode != 0:
-            pytest.fail(f"debootstrap failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
-        partial = cached.with_suffix(".tar.partial")
-        subprocess.run(
-            ["tar", "--numeric-owner", "--xattrs", "-C", str(target), "-cf", str(partial), "."],
-            check=True,
-        )
-        partial.replace(cached)
-        shutil.rmtree(target, ignore_errors=True)
-    return cached
+    return debootstrap_tar(DEBIAN_CACHE / "bookworm-minbase.tar")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kiln.api import BuildError, Client, ImageNotFound, NotSupported
+from tests.api.support import context
 from tests.engines import DockerEngine
 from tests.registries import Registry
 
@@ -19,26 +20,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0,
     reason="building needs root and runc (.ci/run installs it)",
 )
-
-
-@pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> Client:
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
-    client = Client(root=tmp_path / "store")
-    from kiln.reference import Reference
-    from kiln.store.transfer import import_rootfs
-
-    import_rootfs(client.store, busybox_rootfs, Reference.parse("busybox:base"))
-    return client
-
-
-def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    root = tmp_path / "ctx"
-    root.mkdir(exist_ok=True)
-    (root / "Dockerfile").write_text(dockerfile)
-    for name, content in (files or {}).items():
-        (root / name).write_text(content)
-    return root
 
 
 def gzipped_context(files: dict[str, bytes]) -> io.BytesIO:

@@ -16,31 +16,13 @@ from kiln.api.incubator import ConfigError, ResultImage, _spool, build
 from kiln.engine.executor import Volume
 from kiln.errors import KilnError
 from kiln.outputs import export, parse_output
+from tests.api.support import context
 from tests.registries import Registry
 
 pytestmark = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0,
     reason="building needs root and runc (.ci/run installs it)",
 )
-
-
-@pytest.fixture
-def client(tmp_path: Path, busybox_rootfs: Path) -> Client:
-    client = Client(root=tmp_path / "store")
-    from kiln.reference import Reference
-    from kiln.store.transfer import import_rootfs
-
-    import_rootfs(client.store, busybox_rootfs, Reference.parse("busybox:base"))
-    return client
-
-
-def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    root = tmp_path / "ctx"
-    root.mkdir(exist_ok=True)
-    (root / "Dockerfile").write_text(dockerfile)
-    for name, content in (files or {}).items():
-        (root / name).write_text(content)
-    return root
 
 
 def rootfs(client: Client, image: Image, dest: Path) -> Path:

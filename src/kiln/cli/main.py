@@ -19,7 +19,7 @@ import click
 
 from kiln import __version__
 from kiln.cli.progress import MODES, printer
-from kiln.cli.workflow import workflow_group
+from kiln.cli.workflow import run_workflow, workflow_group
 from kiln.errors import KilnError
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
@@ -542,7 +542,7 @@ def _build_source(
 ) -> str:
     """``kiln build --source``: the plugin workflow with the options as plugins (``--pull``:
     pull_base_image, ``--push``: tag_and_push); the image ID."""
-    from kiln.workflow import BuildDescription, BuildWorkflow
+    from kiln.workflow import BuildDescription
 
     if not tags:
         raise click.UsageError("--source needs -t NAME for the image")
@@ -569,13 +569,7 @@ def _build_source(
     }, "--source build")  # fmt: skip
     if push and len(registries) > 1:
         raise click.UsageError("--source --push: give -t names of one registry")
-    output = None if quiet else (lambda line: click.echo(line, err=True))
-    results = BuildWorkflow(description, output=output).run()
-    if results_path is not None:
-        results.write(results_path)
-    if results.failed:
-        raise KilnError(f"build failed: {results.error}")
-    return results.image_id
+    return run_workflow(description, quiet, results_path).image_id
 
 
 # -- registries ----------------------------------------------------------------------------

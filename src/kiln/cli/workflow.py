@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.workflow import BuildDescription, BuildResults
 
 
 @click.group("workflow")
@@ -32,18 +36,29 @@ def run_command(
     """Run the workflow DESCRIPTION (JSON or YAML) describes."""
     from dataclasses import replace
 
-    from kiln.workflow import BuildDescription, BuildWorkflow
+    from kiln.workflow import BuildDescription
 
     loaded = BuildDescription.load(description)
     if plugin_files:
         loaded = replace(loaded, plugin_files=(*loaded.plugin_files, *plugin_files))
-    output = None if quiet else (lambda line: click.echo(line, err=True))
-    results = BuildWorkflow(loaded, output=output).run()
-    if results_path is not None:
-        results.write(results_path)
-    if results.failed:
-        raise KilnError(f"build failed: {results.error}")
+    results = run_workflow(loaded, quiet, results_path)
     click.echo(f"built {results.image_id} as {', '.join(results.tags)}")
     for registry, images in results.pushed.items():
         for image in images:
             click.echo(f"pushed {image.name} to {registry}: {image.digest}")
+
+
+def run_workflow(
+    description: BuildDescription, quiet: bool, results_path: Path | None
+) -> BuildResults:
+    """Run a workflow with its log on stderr, its results written where asked (failed or
+    not); a failed build is a one-line ``KilnError``."""
+    from kiln.workflow import BuildWorkflow
+
+    output = None if quiet else (lambda line: click.echo(line, err=True))
+    results = BuildWorkflow(description, output=output).run()
+    if results_path is not None:
+        results.write(results_path)
+    if results.failed:
+        raise KilnError(f"build failed: {results.error}")
+    return results
