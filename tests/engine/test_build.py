@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from click.testing import CliRunner, Result
 
 from kiln.cli.main import cli
 from tests.engines import DockerEngine
+from tests.processes import mounts_under, processes, wait_for_process
 
 pytestmark = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0,
@@ -405,3 +408,42 @@ def test_a_bind_mounted_file_is_part_of_the_cache_key(kiln_root: Path, tmp_path:
     (ctx / "data.txt").write_text("two\n")
     assert "CACHED" not in CliRunner().invoke(cli, ["build", "-t", "app:bindkey", str(ctx)]).stderr
     assert (unpack(kiln_root, "bindkey", tmp_path) / "out").read_text() == "two\n"
+
+
+@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+def test_sigterm_stops_a_run_step_and_leaves_nothing_behind(
+    kiln_root: Path, tmp_path: Path, isolation: str
+) -> None:
+    ctx = context(tmp_path, "FROM busybox:base\nRUN sleep 6017\n")
+    build = subprocess.Popen(
+        [str(Path(sys.executable).parent / "kiln"), "build", "--isolation", isolation,
+         "-t", "app:stopped", str(ctx)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "KILN_ROOT": str(kiln_root)},
+    )  # fmt: skip
+    wait_for_process("sleep", "6017")
+    build.send_signal(signal.SIGTERM)
+    _, err = build.communicate(timeout=60)
+    assert build.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated by SIGTERM"
+    assert processes("sleep", "6017") == []
+    assert mounts_under(kiln_root) == []
+    assert "app" not in invoke("images").stdout
+
+
+def test_a_failing_stage_stops_a_long_run_step_in_another(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base AS slow\nRUN sleep 6018\n"
+        "FROM busybox:base AS broken\nRUN sleep 1 && exit 7\n"
+        "FROM busybox:base\nCOPY --from=slow /etc/passwd /a\nCOPY --from=broken /etc/passwd /b\n",
+    )
+    build = subprocess.run(
+        [str(Path(sys.executable).parent / "kiln"), "build", "-t", "app:broken", str(ctx)],
+        capture_output=True, text=True, timeout=120,  # not the 6018 s the slow stage wants
+        env={**os.environ, "KILN_ROOT": str(kiln_root)},
+    )  # fmt: skip
+    assert build.returncode == 1
+    assert "Dockerfile:4: RUN sleep 1 && exit 7 failed with exit code 7" in build.stderr
+    assert processes("sleep", "6018") == []
+    assert mounts_under(kiln_root) == []

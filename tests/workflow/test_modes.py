@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from kiln.cli.main import cli
 from kiln.store import Store
 from kiln.workflow import BuildResults
 from tests.engines import DockerEngine
+from tests.processes import mounts_under, processes, wait_for_process
 from tests.registries import Registry
 from tests.workflow.support import git_repository, publish_busybox, skopeo_inspect
 
@@ -204,3 +206,30 @@ def test_the_workflow_on_a_docker_engine(
     assert [p.name for p in pushed] == [f"{registry.host}/team/dapp:{t}" for t in ("build", "3-1")]
     for image in pushed:
         assert skopeo_inspect(image.name)["Digest"] == image.digest
+
+
+def test_sigterm_during_a_run_step_cancels_the_workflow_and_runs_the_exit_plugins(
+    kiln_root: Path, busybox_rootfs: Path, registry: Registry, tmp_path: Path
+) -> None:
+    base = publish_busybox(busybox_rootfs, registry.host, tmp_path)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "Dockerfile").write_text(f"FROM {base}\nRUN sleep 6019\n")
+    (tmp_path / "build.yaml").write_text(
+        f"source: {{provider: path, uri: 'file://{source}'}}\n"
+        "image: team/slow:1\n"
+        "exit_plugins: [{name: store_metadata, args: {path: meta.json}}]\n"
+    )
+    workflow = subprocess.Popen(
+        [str(Path(sys.executable).parent / "kiln"), "workflow", "run", "build.yaml"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "KILN_ROOT": str(kiln_root)},
+    )  # fmt: skip
+    wait_for_process("sleep", "6019")
+    workflow.send_signal(signal.SIGTERM)
+    _, err = workflow.communicate(timeout=60)
+    assert workflow.returncode == 1, err
+    assert err.strip().splitlines()[-1] == "error: build failed: cancelled by SIGTERM"
+    results = BuildResults.from_json((tmp_path / "meta.json").read_text())
+    assert results.cancelled and [r.key for r in results.plugins] == ["build", "store_metadata"]
+    assert processes("sleep", "6019") == [] and mounts_under(kiln_root) == []

@@ -57,7 +57,14 @@ from kiln.dockerfile.instructions import (
 from kiln.dockerfile.mounts import Mount
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
 from kiln.engine.history import created_by
-from kiln.engine.runtime import ProcessSpec, RuntimeMount, default_isolation, resolve_user, run
+from kiln.engine.runtime import (
+    LiveProcesses,
+    ProcessSpec,
+    RuntimeMount,
+    default_isolation,
+    resolve_user,
+    run,
+)
 from kiln.engine.scope import in_scope
 from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.engine.snapshotter import mounted, snapshotter
@@ -285,6 +292,7 @@ class _Run:
         self.counter = threading.Lock()
         self.current = threading.local()  # .number: the step this thread is running
         self.failed = threading.Event()
+        self.live = LiveProcesses()  # RUN processes now running, stopped when a stage fails
         self.pulling = threading.Lock()  # parallel stages naming one image pull it once
 
     def build_time(self) -> float:
@@ -309,7 +317,8 @@ class _Run:
                     for future in finished:
                         self.states[running.pop(future)] = future.result()
             except BaseException:
-                self.failed.set()  # stages still running stop at their next step
+                self.failed.set()  # stages still running stop at their next step...
+                self.live.stop_all()  # ... and the RUN steps they are in stop now
                 raise
         return self.states[self.plan.target]
 
@@ -617,7 +626,7 @@ class _Run:
             extra_hosts=tuple(self.request.extra_hosts), shm_size=self.request.shm_size,
         )  # fmt: skip
         bundle = self.work / f"bundle-{uuid.uuid4().hex[:8]}"
-        status = run(rootfs, spec, bundle, output, self.request.isolation)
+        status = run(rootfs, spec, bundle, output, self.request.isolation, self.live)
         if status != 0:
             last = " | ".join(tail[-3:])
             raise self.error(

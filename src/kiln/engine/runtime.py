@@ -13,8 +13,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,14 +133,44 @@ def _cgroups_writable(mounts: Path = Path("/proc/self/mounts")) -> bool:
     return True
 
 
+class LiveProcesses:
+    """The RUN processes of one build that are running now, so that a build that fails in
+    one stage, or is cancelled, can stop the others at once instead of waiting them out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stoppers: dict[str, Callable[[], None]] = {}
+        self.stopping = False
+
+    def add(self, name: str, stop: Callable[[], None]) -> None:
+        with self._lock:
+            self._stoppers[name] = stop
+            stopping = self.stopping
+        if stopping:  # started while the build was being stopped
+            stop()
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._stoppers.pop(name, None)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            self.stopping = True
+            stoppers = list(self._stoppers.values())
+        for stop in stoppers:
+            stop()
+
+
 def run(
     rootfs: Path,
     spec: ProcessSpec,
     bundle: Path,
     output: Callable[[bytes], None],
     isolation: str | None = None,
+    live: LiveProcesses | None = None,
 ) -> int:
-    """Run ``spec`` in ``rootfs`` (a mounted overlay); returns its exit status."""
+    """Run ``spec`` in ``rootfs`` (a mounted overlay); returns its exit status. ``live``
+    gets a way to kill the process for as long as it runs."""
     isolation = isolation or default_isolation()
     if isolation == "oci" and not runtime_available():
         raise ContainerError("runc is not installed: install it, or use --isolation chroot")
@@ -171,12 +203,25 @@ def run(
             )
             command = [sys.executable, "-m", "kiln.engine.chroot", str(bundle / "chroot.json")]
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed as one (see _stopper)
         )
+        if live is not None:
+            live.add(container, _stopper(process, isolation, bundle, container))
         assert process.stdout is not None
-        for line in iter(process.stdout.readline, b""):
-            output(line)
-        status = process.wait()
+        try:
+            for line in iter(process.stdout.readline, b""):
+                output(line)
+            status = process.wait()
+        finally:
+            if live is not None:
+                live.remove(container)
+            if process.poll() is None:  # interrupted (a signal): the step goes with us
+                _stopper(process, isolation, bundle, container)()
+                process.wait()
     finally:
         if isolation == "oci":
             subprocess.run(
@@ -188,6 +233,24 @@ def run(
             with contextlib.suppress(OSError):
                 os.utime(in_scope(rootfs, parent), ns=(mtime, mtime), follow_symlinks=False)
     return status
+
+
+def _stopper(
+    process: subprocess.Popen[bytes], isolation: str, bundle: Path, container: str
+) -> Callable[[], None]:
+    """How to kill a running step: runc kills the container's processes; the chroot
+    helper's process group holds everything it started."""
+
+    def stop() -> None:
+        if isolation == "oci":
+            subprocess.run(
+                [RUNC, "--root", str(bundle / "state"), "kill", "--all", container, "KILL"],
+                capture_output=True,
+            )
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    return stop
 
 
 def _make_mount_stubs(rootfs: Path, created: list[str]) -> None:
