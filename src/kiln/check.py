@@ -20,7 +20,7 @@ from kiln.dockerfile.parser import parse
 from kiln.dockerfile.plan import BuildOptions, plan_build
 from kiln.errors import DockerfileError, KilnError
 
-_URL_PREFIXES = ("http://", "https://", "git@", "git://")
+_URL_PREFIXES = ("http://", "https://", "git@", "git://", "ssh://")
 _WILDCARDS = frozenset("*?[")
 _EXEC_FORM = frozenset(("run", "cmd", "entrypoint"))
 

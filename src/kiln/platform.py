@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform as _host
 from dataclasses import dataclass
+from pathlib import Path
 
 from kiln.errors import KilnError
 
@@ -63,3 +64,34 @@ class Platform:
         if arch == "arm":
             variant = "v" + variant if variant.isdecimal() else variant or "v7"
         return cls(os_name, arch, variant)
+
+
+# binfmt_misc handler names qemu-user-static registers, by OCI architecture.
+_QEMU = {
+    "arm64": "aarch64", "arm": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
+    "riscv64": "riscv64", "386": "i386", "amd64": "x86_64", "mips64le": "mips64el",
+}  # fmt: skip
+_NATIVE_TOO = {"amd64": {"386"}, "arm64": {"arm"}}  # what a host runs without an emulator
+
+
+def runs_here(platform: Platform, binfmt: Path = Path("/proc/sys/fs/binfmt_misc")) -> bool:
+    """Whether this machine can run ``platform``'s programs: natively, or through an
+    emulator registered with binfmt_misc (qemu-user-static)."""
+    host = Platform.host().architecture
+    if platform.architecture == host or platform.architecture in _NATIVE_TOO.get(host, ()):
+        return True
+    handler = binfmt / f"qemu-{_QEMU.get(platform.architecture, platform.architecture)}"
+    try:
+        return handler.read_text().startswith("enabled")
+    except OSError:
+        return False
+
+
+def emulator_hint(platform: Platform) -> str:
+    """How to make ``platform``'s programs run here."""
+    name = _QEMU.get(platform.architecture, platform.architecture)
+    return (
+        f"install an emulator: apt-get install qemu-user-static binfmt-support (it registers "
+        f"/proc/sys/fs/binfmt_misc/qemu-{name}), or docker run --privileged --rm "
+        f"tonistiigi/binfmt --install {platform.architecture}"
+    )

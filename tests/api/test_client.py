@@ -80,11 +80,9 @@ def test_build_from_a_fileobj_dockerfile_and_a_custom_context(
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"container_limits": {"memory": 1 << 20}},
-        {"squash": True},
+        {"container_limits": {"memory": 64 << 20, "cpuquota": 50000}},
         {"cache_from": ["app:1"]},
         {"network_mode": "container:x"},
-        {"platform": "linux/s390x"},
     ],
 )
 def test_arguments_the_native_backend_cannot_honour_are_refused(

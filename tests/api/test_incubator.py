@@ -190,11 +190,8 @@ def test_context_file_limit_is_where_the_context_spills_to_disk(
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"layers": [0]},
-        {"layers": [1, 2]},
-        {"container_limits": {"memory": 1 << 20}},
-        {"config": {"layers": [0]}},
-        {"config": {"container_limits": {"cpushares": "2"}}},
+        {"container_limits": {"memory": 64 << 20, "cpuquota": 50000}},
+        {"config": {"container_limits": {"cpushares": "2", "blkioweight": 10}}},
         {"cache": object()},
         {"container_client": object()},
     ],

@@ -33,7 +33,7 @@ from kiln.oci.objects import (
     sha256_digest,
 )
 from kiln.reference import Reference
-from kiln.store import SquashError, Store, StoredImage, StoreError, squash
+from kiln.store import SquashError, Store, StoredImage, StoreError, merge_layers, squash
 from kiln.store.transfer import save
 from tests.engines import DockerEngine
 
@@ -521,3 +521,24 @@ def test_a_squashed_busybox_image_runs_in_docker(
         "run", "--rm", "--network", "none", "busy:squashed", "sh", "-c", script
     )
     assert output == "hello from a squashed image\nhello.txt\ngone\n"
+
+
+def test_merge_layers_merges_each_range_and_keeps_the_layers_between(tmp_path: Path) -> None:
+    store = Store(tmp_path / "root")
+    layers = [layer_tar(BASE), *(layer_tar(entries) for entries in UPPER)]
+    original = make_image(store, layers, "app:orig")
+    merged = merge_layers(store, original.id, [range(1, 3)], tags=[Reference.parse("app:mid")])
+
+    assert merged.tags == ("docker.io/library/app:mid",)
+    assert merged.diff_ids[0] == original.diff_ids[0]
+    assert merged.diff_ids[2] == original.diff_ids[3]  # the top layer stays as it was
+    # The merged layer's entry comes right after its layers' entries, before the next layer's.
+    history = merged.config["history"]
+    assert [entry.get("empty_layer", False) for entry in history] == [
+        False, True, True, True, True, True, False, False, True
+    ]  # fmt: skip
+    assert history[6] == {"comment": f"merge layers 2 to 3 of {original.id}", "created": CREATED}
+    assert history[7] == original.config["history"][6]
+    assert tree(unpack(store, "mid", tmp_path)) == tree(unpack(store, "orig", tmp_path))
+    with pytest.raises(SquashError, match="ranges must be in order"):
+        merge_layers(store, original.id, [range(2, 4), range(0, 2)])

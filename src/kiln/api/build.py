@@ -59,28 +59,33 @@ def build_native(
     use_config_proxy: bool = True,
     output: Callable[[str], None] | None = None,
     volumes: Sequence[Volume] = (),  # kiln's own: host paths bound into RUN steps
+    layers: Sequence[int] = (),  # kiln's own: incubator's layer splits (kiln.engine.layering)
 ) -> tuple[StoredImage, list[dict[str, Any]]]:
     """Build as docker-py's ``images.build`` describes, natively.
 
     ``rm``/``forcerm`` hold trivially (kiln keeps no intermediate containers) and ``timeout``
     is docker-py's HTTP timeout, which has no daemon to apply to. ``output`` (kiln's own)
-    gets each log line as it comes.
+    gets each log line as it comes. ``squash`` merges the layers the build adds into one,
+    over the base image's, as ``docker build --squash`` does.
     """
     from kiln.engine.executor import Builder, BuildRequest
+    from kiln.engine.layering import Layering
+    from kiln.engine.runtime import DOCKER_LIMITS, Limits
 
-    not_yet = {"container_limits": container_limits, "squash": squash, "cache_from": cache_from}
+    not_yet = {"cache_from": cache_from}
     for name, value in not_yet.items():
         if value:
             raise NotSupported(f"build: {name} is not supported by the native backend yet")
+    unknown = sorted(set(container_limits or {}) - set(DOCKER_LIMITS))
+    if unknown:
+        raise NotSupported(
+            f"build: container_limits {', '.join(unknown)} "
+            f"(native builds: {', '.join(DOCKER_LIMITS)})"
+        )
     if network_mode not in _NETWORKS:
         raise NotSupported(f"build: network_mode {network_mode!r} (native builds: host, none)")
     if isolation not in _ISOLATIONS:
         raise NotSupported(f"build: isolation {isolation!r} (native builds: oci, chroot)")
-    if platform and Platform.parse(platform) != Platform.host():
-        raise NotSupported(
-            f"build: platform {platform} is not this machine's: building for another one "
-            "needs an emulator (not supported yet)"
-        )
     args = dict(_config_proxies() if use_config_proxy else {})
     args.update(buildargs or {})
     log: list[dict[str, Any]] = []
@@ -106,7 +111,10 @@ def build_native(
             pull=pull,
             extra_hosts=_hosts(extra_hosts),
             shm_size=shmsize or 64 << 20,
+            platform=Platform.parse(platform) if platform else None,
             volumes=tuple(volumes),
+            limits=Limits.from_docker(container_limits or {}),
+            layering=Layering(squash=bool(squash), splits=tuple(layers)),
         )
         try:
             image = Builder(store, record).build(request)

@@ -14,8 +14,14 @@ This keeps its entry point, with its arguments meaning what they meant there:
   and ``forcerm=False`` count as not given, so they do not undo a config's ``True``.
 - ``volumes``: ``source:destination[:mode]`` strings (mode ``ro`` or ``rw``) or
   ``kiln.engine.executor.Volume`` objects: bound into every RUN step, never in the image.
-- ``layers`` and ``container_limits`` raise ``NotSupported`` unless empty (incubator's
-  default layering, one layer per instruction that changes files, is kiln's).
+- ``container_limits``: docker-py's ``memory``, ``memswap``, ``cpushares`` and
+  ``cpusetcpus``, the cgroup limits of every RUN step (the oci isolation only).
+- ``layers``: incubator's layer splits, numbers of the Dockerfile's instructions (0-based,
+  FROM and ARG included, comments not): ``i`` commits a layer between instructions ``i - 1``
+  and ``i``, and the last instruction always ends one; instructions that change no files
+  never make a layer of their own. ``[0]`` is one layer over the base image; ``[]`` (the
+  default) one per instruction that changes files, kiln's own layering. Each step still
+  caches its own layer: the image's layers are merged after the build.
 - ``cache``: True or None use kiln's layer cache, False builds every step afresh. (incubator
   took a cache object, whose implementation was an empty stub.)
 - ``container_client``: a native ``kiln.api.Client``, whose store the image goes into.
@@ -122,9 +128,9 @@ def build(
         "volumes": None if volumes is None else list(volumes),
     }
     settings = _merge(_merged(config), {k: v for k, v in given.items() if v is not None})
-    for name in ("layers", "container_limits"):
-        if settings.get(name):
-            raise NotSupported(f"build: {name} is not supported by the native backend yet")
+    splits = settings.get("layers", [])
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in splits):
+        raise ConfigError(f"build: layers must be instruction numbers (0 or more), not {splits}")
     if cache is not None and not isinstance(cache, bool):
         raise NotSupported("build: cache takes True, False or None (kiln's layer cache)")
     client = Client() if container_client is None else container_client
@@ -154,8 +160,10 @@ def build(
             dockerfile=dockerfile,
             buildargs={k: str(v) for k, v in settings.get("buildargs", {}).items()},
             labels={k: str(v) for k, v in settings.get("labels", {}).items()},
+            container_limits=settings.get("container_limits"),
             use_config_proxy=False,  # incubator passed no proxy settings
             volumes=binds,
+            layers=splits,
         )
     for extra in tags[1:]:
         client.store.tag(stored.manifest_digest, Reference.parse(extra))

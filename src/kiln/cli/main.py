@@ -127,17 +127,55 @@ def check_command(
 
 
 def _parse_secrets(values: tuple[str, ...]) -> dict[str, Path]:
-    """``id=NAME,src=FILE`` (``source=`` too), as docker build takes them."""
+    """``id=NAME,src=FILE`` or ``id=NAME,env=VAR`` (or ``id=VAR`` alone: that variable), as
+    docker build takes them. A variable's value goes to a private file in memory (/dev/shm)
+    that is removed when the command ends, never into kiln's store."""
     secrets: dict[str, Path] = {}
     for value in values:
         fields = dict(field.partition("=")[::2] for field in value.split(","))
-        name, source = fields.get("id", ""), fields.get("src") or fields.get("source", "")
-        if not name or not source:
-            raise KilnError(f"--secret {value!r}: expected id=NAME,src=FILE")
-        if not Path(source).is_file():
-            raise KilnError(f"--secret {name}: {source} is not a readable file")
-        secrets[name] = Path(source)
+        name = fields.get("id", "")
+        source = fields.get("src") or fields.get("source", "")
+        variable = fields.get("env", "" if source else name)
+        if not name or not (source or variable):
+            raise KilnError(f"--secret {value!r}: expected id=NAME,src=FILE or id=NAME,env=VAR")
+        if source:
+            if not Path(source).is_file():
+                raise KilnError(f"--secret {name}: {source} is not a readable file")
+            secrets[name] = Path(source)
+            continue
+        if variable not in os.environ:
+            raise KilnError(f"--secret {name}: the environment variable {variable} is not set")
+        secrets[name] = _secret_file(name, os.environ[variable])
     return secrets
+
+
+def _secret_file(name: str, value: str) -> Path:
+    import shutil
+    import tempfile
+
+    memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    directory = Path(tempfile.mkdtemp(prefix="kiln-secret-", dir=memory))
+    click.get_current_context().call_on_close(lambda: shutil.rmtree(directory, True))
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return path
+
+
+def _parse_ssh(values: tuple[str, ...]) -> dict[str, Path]:
+    """``default`` (the agent $SSH_AUTH_SOCK names) or ``ID=SOCKET``, as docker build's
+    --ssh; kiln forwards agent sockets, not key files."""
+    agents: dict[str, Path] = {}
+    for value in values:
+        name, _, socket = value.partition("=")
+        socket = socket or (os.environ.get("SSH_AUTH_SOCK", "") if name == "default" else "")
+        if not socket:
+            raise KilnError(f"--ssh {value}: give ID=SOCKET, or set SSH_AUTH_SOCK for default")
+        if not Path(socket).is_socket():
+            raise KilnError(f"--ssh {name}: {socket} is not an agent socket")
+        agents[name] = Path(socket).absolute()
+    return agents
 
 
 def _parse_build_args(values: tuple[str, ...]) -> dict[str, str]:
@@ -179,14 +217,22 @@ def _parse_volume(value: str) -> Volume:
     return Volume(Path(source), target, readonly=mode == "ro")
 
 
-def _parse_size(value: str) -> int:
+def _parse_size(value: str, option: str = "--shm-size") -> int:
     """``64m``, ``1g``, ``512k`` or a number of bytes, as docker's --shm-size."""
     text = value.strip().lower().removesuffix("b")
     factor = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:], 1)
     number = text[:-1] if factor > 1 else text
     if not number.isdecimal() or int(number) == 0:
-        raise click.BadParameter(f"{value!r}: expected a size such as 64m", param_hint="--shm-size")
+        raise click.BadParameter(f"{value!r}: expected a size such as 64m", param_hint=option)
     return int(number) * factor
+
+
+def _parse_limits(memory: str, swap: str, shares: int, cpus: str) -> dict[str, int | str]:
+    """The resource flags as docker-py's ``container_limits``, which both backends take."""
+    limits: dict[str, int | str] = {"cpushares": shares, "cpusetcpus": cpus}
+    limits["memory"] = _parse_size(memory, "--memory") if memory else 0
+    limits["memswap"] = -1 if swap == "-1" else _parse_size(swap, "--memory-swap") if swap else 0
+    return {key: value for key, value in limits.items() if value}
 
 
 def _store() -> Store:
@@ -264,10 +310,15 @@ def rmi_command(force: bool, names: tuple[str, ...]) -> None:
 
 
 @cli.command("prune")
-def prune_command() -> None:
+@click.option("--cache-mounts", is_flag=True, help="Also empty RUN --mount=type=cache directories.")
+def prune_command(cache_mounts: bool) -> None:
     """Remove untagged images and data nothing uses."""
-    images, freed = _store().prune()
+    store = _store()
+    images, freed = store.prune()
     click.echo(f"Deleted {images} untagged image(s); reclaimed {_human_size(freed)}")
+    if cache_mounts:
+        caches, freed = store.prune_cache_mounts()
+        click.echo(f"Deleted {caches} cache mount(s); reclaimed {_human_size(freed)}")
 
 
 @cli.command("import")
@@ -275,12 +326,20 @@ def prune_command() -> None:
 @click.argument("name")
 @click.option("--platform", default=None, help="os/arch[/variant] of the image (default: host).")
 def import_command(source: Path, name: str, platform: str | None) -> None:
-    """Make a base image from a root filesystem, as `docker import` does."""
+    """Make a base image from a root filesystem, as `docker import` does.
+
+    With SOURCE_DATE_EPOCH in the environment, the image is dated then and a directory's
+    later mtimes are clamped to it, so two imports of one tree give one image."""
+    from kiln.epoch import source_date_epoch
     from kiln.platform import Platform
     from kiln.store.transfer import import_rootfs
 
     image = import_rootfs(
-        _store(), source, Reference.parse(name), Platform.parse(platform) if platform else None
+        _store(),
+        source,
+        Reference.parse(name),
+        Platform.parse(platform) if platform else None,
+        epoch=source_date_epoch(),
     )
     click.echo(image.id)
 
@@ -333,12 +392,28 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
 @click.option("-f", "--file", "file", type=click.Path(path_type=Path), help="The Dockerfile.")
 @click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE")
 @click.option("--target", default="", help="Build this stage (and what it needs).")
+@click.option(
+    "--platform", "build_platform", default="", metavar="OS/ARCH[/VARIANT]",
+    help="The image's platform: picks base images for it (default: this machine's).",
+)  # fmt: skip
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Add a label.")
 @click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
 @click.option("--no-cache", is_flag=True, help="Build every step afresh.")
 @click.option(
-    "--secret", "secrets", multiple=True, metavar="id=NAME,src=FILE",
+    "--squash", is_flag=True, help="Merge the layers the build adds into one, over the base's."
+)
+@click.option(
+    "--commit", type=click.Choice(["implicit", "explicit"]), default="implicit",
+    show_default=True,
+    help="explicit: a layer ends only at steps whose line ends with #!COMMIT, and at the last.",
+)  # fmt: skip
+@click.option(
+    "--secret", "secrets", multiple=True, metavar="id=NAME,src=FILE|env=VAR",
     help="A secret for RUN --mount=type=secret (never stored in the image).",
+)  # fmt: skip
+@click.option(
+    "--ssh", "ssh_agents", multiple=True, metavar="default|ID=SOCKET",
+    help="An SSH agent for RUN --mount=type=ssh (default: $SSH_AUTH_SOCK).",
 )  # fmt: skip
 @click.option(
     "-o",
@@ -386,6 +461,13 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
     metavar="SIZE",
     help="Size of /dev/shm in RUN steps (bytes, or with k, m or g).",
 )
+@click.option("-m", "--memory", default="", metavar="SIZE", help="Memory limit of RUN steps.")
+@click.option(
+    "--memory-swap", default="", metavar="SIZE",
+    help="Memory and swap limit of RUN steps; -1: unlimited swap (default: twice --memory).",
+)  # fmt: skip
+@click.option("-c", "--cpu-shares", type=int, default=0, help="CPU shares (relative weight).")
+@click.option("--cpuset-cpus", default="", metavar="CPUS", help="CPUs RUN steps may use: 0-3, 0,1.")
 @click.option("--pull", is_flag=True, help="Check the registry for newer base images.")
 @click.option("--push", is_flag=True, help="Push every -t tag to its registry after the build.")
 @click.option(
@@ -410,10 +492,14 @@ def build_command(
     file: Path | None,
     build_args: tuple[str, ...],
     target: str,
+    build_platform: str,
     labels: tuple[str, ...],
     network: str,
     no_cache: bool,
+    squash: bool,
+    commit: str,
     secrets: tuple[str, ...],
+    ssh_agents: tuple[str, ...],
     outputs: tuple[str, ...],
     load: bool,
     quiet: bool,
@@ -423,6 +509,10 @@ def build_command(
     add_hosts: tuple[str, ...],
     volumes: tuple[str, ...],
     shm_size: str,
+    memory: str,
+    memory_swap: str,
+    cpu_shares: int,
+    cpuset_cpus: str,
     pull: bool,
     push: bool,
     parent_registry: str,
@@ -433,10 +523,14 @@ def build_command(
     context: Path | None,
 ) -> None:
     """Build an image from a Dockerfile and a context (or a --source), with no daemon."""
+    limits = _parse_limits(memory, memory_swap, cpu_shares, cpuset_cpus)
     if source is not None:
         ignored = {"CONTEXT": context, "--output": outputs, "--load": load, "--secret": secrets,
+                   "--ssh": ssh_agents, "--platform": build_platform,
                    "--add-host": add_hosts, "--volume": volumes, "--label": labels,
-                   "--network": network != "host", "--shm-size": shm_size != "64m"}  # fmt: skip
+                   "--network": network != "host", "--shm-size": shm_size != "64m",
+                   "--squash": squash, "--commit explicit": commit == "explicit",
+                   "--memory, --memory-swap, --cpu-shares, --cpuset-cpus": limits}  # fmt: skip
         refused = [name for name, value in ignored.items() if value]
         if refused:
             raise click.UsageError(f"{', '.join(refused)}: not with --source")
@@ -455,13 +549,15 @@ def build_command(
     if backend == "docker":
         native_only = {"--output": outputs, "--load": load, "--push": push, "--secret": secrets,
                        "--parent-registry": parent_registry, "--isolation": isolation,
-                       "--volume": volumes}  # fmt: skip
+                       "--ssh": ssh_agents, "--platform": build_platform,
+                       "--volume": volumes, "--squash": squash,
+                       "--commit explicit": commit == "explicit"}  # fmt: skip
         refused = [name for name, value in native_only.items() if value]
         if refused:
             raise click.UsageError(f"{', '.join(refused)}: not with --backend docker")
         image_id = _build_on_engine(
             context, file, tags, build_args, target, labels, network, no_cache, pull, quiet,
-            add_hosts, shm_size,
+            add_hosts, shm_size, limits,
         )  # fmt: skip
         if iidfile is not None:
             iidfile.write_text(image_id)
@@ -475,7 +571,10 @@ def build_command(
 
     with scan:
         from kiln.engine.executor import Builder, BuildRequest
+        from kiln.engine.layering import Layering
+        from kiln.engine.runtime import Limits
         from kiln.outputs import export, load_into_docker, parse_output
+        from kiln.platform import Platform
 
         for tag in tags:
             Reference.parse(tag)  # a bad tag or output fails before the build, not after
@@ -493,12 +592,16 @@ def build_command(
             no_cache=no_cache,
             isolation=isolation,
             secrets=_parse_secrets(secrets),
+            ssh=_parse_ssh(ssh_agents),
+            platform=Platform.parse(build_platform) if build_platform else None,
             pull=pull,
             insecure_registries=insecure,
             parent_registry=parent_registry,
             extra_hosts=tuple(_parse_host(h) for h in add_hosts),
             shm_size=_parse_size(shm_size),
             volumes=tuple(_parse_volume(v) for v in volumes),
+            limits=Limits.from_docker(limits),
+            layering=Layering(squash=squash, explicit=commit == "explicit"),
         )
         output = printer("quiet" if quiet else progress)
         store = _store()
@@ -702,6 +805,7 @@ def _build_on_engine(
     quiet: bool,
     add_hosts: tuple[str, ...],
     shm_size: str,
+    limits: dict[str, int | str],
 ) -> str:
     """``kiln build --backend docker``: the build on a Docker engine; its image ID."""
     from kiln.api import Client
@@ -714,7 +818,7 @@ def _build_on_engine(
             target=target or None, labels=_parse_labels(labels),
             network_mode=network, nocache=no_cache, pull=pull,
             extra_hosts=dict(_parse_host(h) for h in add_hosts) or None,
-            shmsize=_parse_size(shm_size),
+            shmsize=_parse_size(shm_size), container_limits=limits or None,
             output=None if quiet else (lambda line: click.echo(line, err=True)),  # live
         )  # fmt: skip
         for extra in tags[1:]:

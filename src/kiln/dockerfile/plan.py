@@ -578,7 +578,8 @@ class _Planner:
             self.warn(instruction.location, message)
 
     def report_unused_build_args(self) -> None:
-        ignored = self.consumed | PROXY_ARGS | set(PLATFORM_ARGS)
+        # SOURCE_DATE_EPOCH is consumed by the build itself (the image's timestamps).
+        ignored = self.consumed | PROXY_ARGS | set(PLATFORM_ARGS) | {"SOURCE_DATE_EPOCH"}
         for name in sorted(set(self.options.build_args) - ignored):
             self.warn(None, f"build-arg {name!r} was not consumed by any ARG")
 

@@ -57,8 +57,23 @@ from kiln.dockerfile.instructions import (
 from kiln.dockerfile.mounts import Mount
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
 from kiln.engine.history import created_by
+from kiln.engine.layering import Layering, check_layering, layer_groups, load_marked
+from kiln.engine.remote import (
+    Download,
+    GitSource,
+    HttpCache,
+    check_checksum,
+    checkout_git,
+    git_source,
+    is_url,
+    resolve_git,
+    url_filename,
+)
 from kiln.engine.runtime import (
+    LIMITS_NEED_OCI,
+    Limits,
     LiveProcesses,
+    OutOfMemory,
     ProcessSpec,
     RuntimeMount,
     default_isolation,
@@ -68,6 +83,8 @@ from kiln.engine.runtime import (
 from kiln.engine.scope import in_scope
 from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.engine.snapshotter import mounted, snapshotter
+from kiln.epoch import NAME as EPOCH
+from kiln.epoch import rfc3339, source_date_epoch
 from kiln.errors import DockerfileError, KilnError
 from kiln.oci.layer import is_opaque, is_whiteout, open_decompressed, write_dir_layer
 from kiln.oci.objects import (
@@ -78,8 +95,9 @@ from kiln.oci.objects import (
     image_manifest,
     sha256_digest,
 )
+from kiln.platform import emulator_hint, runs_here
 from kiln.reference import Reference
-from kiln.store import Store, StoredImage
+from kiln.store import Store, StoredImage, merge_layers
 
 Output = Callable[[str], None]
 _TAIL_LINES = 10
@@ -115,12 +133,16 @@ class BuildRequest:
     no_cache: bool = False
     isolation: str | None = None  # "oci" or "chroot"; None: oci where runc is installed
     secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=NAME,src=FILE
+    ssh: Mapping[str, Path] = field(default_factory=dict)  # --ssh ID=AGENT_SOCKET
     pull: bool = False  # check the registry for a newer base image even if one is stored
     insecure_registries: tuple[str, ...] = ()  # plain HTTP or unverified TLS allowed
     parent_registry: str = ""  # pull base images from here, whatever registry they name
     extra_hosts: tuple[tuple[str, str], ...] = ()  # --add-host NAME:ADDRESS, for RUN steps
     shm_size: int = 64 << 20  # --shm-size: bytes of /dev/shm in RUN steps
+    platform: Platform | None = None  # --platform: the image's (default: this machine's)
     volumes: tuple[Volume, ...] = ()  # --volume HOST:CONTAINER[:ro|rw], for RUN steps
+    limits: Limits = field(default_factory=Limits)  # --memory, --cpu-shares...: RUN steps
+    layering: Layering = field(default_factory=Layering)  # --squash, --commit explicit...
 
 
 @dataclass
@@ -137,6 +159,8 @@ class _State:
     # The uncompressed digest of each layer: the layer's own digest unless it was pulled
     # compressed from a registry.
     diff_ids: list[str] = field(default_factory=list)
+    # The step of this stage that made each layer; None for its base's (for layer control).
+    made_by: list[Step | None] = field(default_factory=list)
 
     def copy(self) -> _State:
         state = _State(list(self.layers), self.config, list(self.history), self.platform, self.key)
@@ -169,18 +193,35 @@ class Builder:
             scan = ContextScan(request.context, ignore.matcher if ignore else None)
         with scan:
             request = replace(request, volumes=_checked_volumes(request))
-            document = load_dockerfile(dockerfile_path, display_name=str(dockerfile_path))
+            epoch = source_date_epoch(request.build_args)
+            if epoch is not None and EPOCH not in request.build_args:
+                # As Buildx passes it on: a stage's ARG SOURCE_DATE_EPOCH shows it to RUN.
+                request = replace(request, build_args={**request.build_args, EPOCH: str(epoch)})
+            _check_limits(request)
+            marked = frozenset[int]()  # first lines of the instructions marked #!COMMIT
+            if request.layering.explicit:
+                document, marked = load_marked(dockerfile_path, str(dockerfile_path))
+            else:
+                document = load_dockerfile(dockerfile_path, display_name=str(dockerfile_path))
+            check_layering(request.layering, document)
             plan = plan_build(
                 document,
-                BuildOptions(build_args=dict(request.build_args), target=request.target),
+                BuildOptions(dict(request.build_args), request.target, request.platform),
                 lambda name, platform: self._resolve_base(name, platform, request),
             )
             for warning in plan.warnings:
                 self.output(f"warning: {warning}")
+            _check_emulation(plan, str(dockerfile_path))
             with self.store.writing(), _workspace(self.store.root) as work:
                 run = _Run(self, plan, request, ignore, scan, work, str(dockerfile_path))
                 state = run.execute()
-                return self._commit(state, request, run.build_time())
+                final = next(s for s in plan.stages if s.stage.index == plan.target)
+                groups = layer_groups(request.layering, document, final, state.made_by, marked)
+                if not groups:
+                    return self._commit(state, request, run.build_time())
+                image = self._commit(state, replace(request, tags=()), run.build_time())
+            tags = [Reference.parse(t) for t in request.tags]
+            return merge_layers(self.store, image.manifest_digest, groups, tags=tags)
 
     def _resolve_base(
         self, name: str, platform: Platform, request: BuildRequest
@@ -190,6 +231,8 @@ class Builder:
             image = None if request.pull else self.store.image(name)
         except KilnError:
             image = None
+        if image is not None and not _is_for(image, platform):
+            image = None  # stored for another platform: fetch the one this build is for
         if image is None:
             try:
                 image = self.pull(name, platform, request)
@@ -287,17 +330,29 @@ class _Run:
         self.total = sum(len(s.steps) for s in plan.stages)
         self.done = 0
         self.started = time.time()
+        self.epoch = source_date_epoch(request.build_args)  # clamps every time the image holds
         self.fresh = False  # whether any step ran rather than came from the cache
         self.cached_times: list[float] = []
         self.counter = threading.Lock()
         self.current = threading.local()  # .number: the step this thread is running
         self.failed = threading.Event()
         self.live = LiveProcesses()  # RUN processes now running, stopped when a stage fails
+        # Secret values (4 characters or more) a step prints are masked in the log and in
+        # errors: a secret should reach no log, whatever the step does with it.
+        self.secret_values = sorted(
+            {v for path in request.secrets.values() for v in _secret_texts(path) if len(v) >= 4},
+            key=len, reverse=True,
+        )  # fmt: skip
         self.pulling = threading.Lock()  # parallel stages naming one image pull it once
+        # What ADD fetched for its cache key, for the step to copy without asking again.
+        self.downloads: dict[tuple[str, str], Download] = {}  # by (URL, --checksum)
+        self.commits: dict[GitSource, str] = {}
 
     def build_time(self) -> float:
-        """When this image was built: now, or, if every step came from the cache, when the
-        build that made those layers ran."""
+        """When this image was built: SOURCE_DATE_EPOCH if set; else now, or, if every step
+        came from the cache, when the build that made those layers ran."""
+        if self.epoch is not None:
+            return self.epoch
         if self.fresh or not self.cached_times:
             return self.started
         return max(self.cached_times)
@@ -326,6 +381,7 @@ class _Run:
 
     def stage(self, stage: StagePlan) -> _State:
         state = self.base(stage)
+        state.made_by = [None] * len(state.layers)
         label = stage.name or f"stage-{stage.stage.index}"
         for step in stage.steps:
             if self.failed.is_set():
@@ -339,6 +395,7 @@ class _Run:
                 f"{step.instruction.source}"
             )
             self.step(state, step)
+            state.made_by += [step] * (len(state.layers) - len(state.made_by))
         state.config = replace(state.config, env=tuple(f"{k}={v}" for k, v in stage.env))
         return state
 
@@ -365,6 +422,14 @@ class _Run:
             image.config.get("architecture", stage.platform.architecture),
             image.config.get("variant", ""),
         )
+        if not _is_for(image, stage.platform):
+            why = self.builder.pull_errors.get(stage.base, "")
+            raise self.error(
+                stage.stage.from_,
+                f"base image {stage.base!r} is for {platform}, not {stage.platform}"
+                + (f", and cannot be pulled for it: {why}" if why else ""),
+                f"kiln pull --platform {stage.platform} {stage.base}",
+            )
         return _State(
             image.layers, replace(config, onbuild=()), list(image.config.get("history") or []),
             platform, image.manifest_digest, diff_ids=list(image.diff_ids),
@@ -412,7 +477,9 @@ class _Run:
         """
         linked = isinstance(step.instruction, Copy) and step.instruction.link
         parent = "link" if linked else state.key
-        key = sha256_digest(canonical_json({"parent": parent, **key_parts}))
+        # The epoch changes the layer's mtimes; keys without one stay as they were.
+        epoch = {} if self.epoch is None else {"epoch": self.epoch}
+        key = sha256_digest(canonical_json({"parent": parent, **key_parts, **epoch}))
         entry = _entry(self.history_text(state, step))
         cached = None if self.request.no_cache else self.store.cached_layer(key)
         if cached is not None:
@@ -440,7 +507,7 @@ class _Run:
             if not any(upper.iterdir()):
                 return "", 0
             digest, size = self.store.put_blob_stream(
-                lambda out: write_dir_layer(upper, out)  # type: ignore[arg-type]
+                lambda out: write_dir_layer(upper, out, clamp=self.epoch)  # type: ignore[arg-type]
             )
             self.snapshots.adopt(upper, digest)
             return digest, size
@@ -495,7 +562,13 @@ class _Run:
                 return "", 0
             unchanged = _same_as_lower(lowers)
             digest, size = self.store.put_blob_stream(
-                lambda out: write_dir_layer(upper, out, overlay=True, unchanged=unchanged)  # type: ignore[arg-type]
+                lambda out: write_dir_layer(
+                    upper,
+                    out,  # type: ignore[arg-type]
+                    overlay=True,
+                    unchanged=unchanged,
+                    clamp=self.epoch,
+                )
             )
             self.snapshots.adopt(upper, digest)
             return digest, size
@@ -506,7 +579,12 @@ class _Run:
     def run_key(self, state: _State, step: Step) -> dict[str, object]:
         """What a RUN's result depends on. Volumes count by how they are bound (source path,
         target, read-only), not by what they hold, as secrets: a file a volume lends a step
-        may change without the step running again (``--no-cache`` runs it)."""
+        may change without the step running again (``--no-cache`` runs it).
+
+        Resource limits (``--memory``, ``--cpu-shares``...) are not part of it, as in docker's
+        builder, which keys a step by its container config and not by the host config the
+        limits are in (BuildKit has no per-build limits): they bound how a step runs, not
+        what it makes, and a step that fails under a limit caches nothing."""
         instruction = step.instruction
         assert isinstance(instruction, Run)
         volumes = [[str(v.source), v.target, v.readonly] for v in self.request.volumes]
@@ -519,6 +597,7 @@ class _Run:
             "security": instruction.security,
             "mounts": [self.mount_key(m) for m in instruction.resolved_mounts],
             # as in BuildKit's exec op: what the step could see of these is part of its key
+            **({"build_network": self.request.network} if self.request.network != "host" else {}),
             **({"hosts": list(self.request.extra_hosts)} if self.request.extra_hosts else {}),
             **({"shm": self.request.shm_size} if self.request.shm_size != 64 << 20 else {}),
             **({"volumes": volumes} if volumes else {}),
@@ -561,6 +640,8 @@ class _Run:
             else:
                 parts["from"] = self.image(instruction, instruction.from_).manifest_digest
             return parts
+        if isinstance(instruction, Add) and _remote_sources(instruction):
+            parts["remote"] = self.remote_key(instruction)
         selected = self.select(instruction, self.request.context, self.visible)
         files = hashlib.sha256()  # thousands of entries: hashed here, not spelled out in JSON
         for source in selected:
@@ -570,6 +651,78 @@ class _Run:
                 )
         parts["files"] = files.hexdigest()
         return parts
+
+    def remote_key(self, instruction: Add) -> list[object]:
+        """What an ADD's URLs and repositories hold: the ``--checksum`` when given (no
+        request), else the content's digest and mtime after a conditional request; for git,
+        the commit the ref names now."""
+        keys: list[object] = []
+        for source in _remote_sources(instruction):
+            found = git_source(source)
+            if found is not None:
+                commit = self.git_commit(instruction, found)
+                keys.append([source, commit, bool(instruction.keep_git_dir)])
+            elif instruction.checksum:
+                with self.reported(instruction):
+                    check_checksum(instruction.checksum)
+                keys.append([source, instruction.checksum, url_filename(source)])
+            else:
+                download = self.download(instruction, source)
+                keys.append([source, download.digest, download.mtime, url_filename(source)])
+        return keys
+
+    @contextmanager
+    def reported(self, instruction: Add) -> Iterator[None]:
+        """A fetch's failure as a Dockerfile error naming the ADD's line."""
+        try:
+            yield
+        except KilnError as err:
+            raise self.error(instruction, str(err)) from None
+
+    def download(self, instruction: Add, url: str) -> Download:
+        found = self.downloads.get((url, instruction.checksum))
+        if found is None:
+            cache = HttpCache(self.store.root / "cache" / "http")
+            with self.reported(instruction):
+                found = cache.fetch(url, instruction.checksum)
+            self.downloads[url, instruction.checksum] = found
+        return found
+
+    def git_commit(self, instruction: Add, source: GitSource) -> str:
+        found = self.commits.get(source)
+        if found is None:
+            with self.reported(instruction):
+                found = resolve_git(source, instruction.checksum)
+            self.commits[source] = found
+        return found
+
+    def copy_remote(
+        self,
+        instruction: Add,
+        source: str,
+        rootfs: Path,
+        dest: str,
+        owner: tuple[int, int],
+        mode: int | None,
+    ) -> None:
+        """A URL's file (mode 0600 unless ``--chmod``, never unpacked) or a repository's
+        directory (its contents) into ``dest``, as BuildKit copies them."""
+        staging = self.work / f"remote-{uuid.uuid4().hex[:8]}"
+        found = git_source(source)
+        if found is not None:
+            commit = self.git_commit(instruction, found)
+            keep = bool(instruction.keep_git_dir)
+            with self.reported(instruction):
+                directory = checkout_git(found, commit, staging, keep)
+            _copy_tree(directory, "", rootfs, dest, owner, mode, None)
+            return
+        download = self.download(instruction, source)
+        staging.mkdir()
+        name = url_filename(source)
+        shutil.copyfile(download.path, staging / name)
+        os.chmod(staging / name, 0o600)
+        os.utime(staging / name, (download.mtime, download.mtime))
+        _copy_tree(staging, name, rootfs, dest, owner, mode, None)
 
     def context_under(self, source: str) -> list[ContextEntry]:
         """The context entries at or below ``source`` ("" is the whole context)."""
@@ -593,11 +746,40 @@ class _Run:
             for v in self.request.volumes
         ]
         with ExitStack() as stack:
-            mounts = tuple(
-                self.runtime_mount(instruction, mount, stack, env)
-                for mount in instruction.resolved_mounts
-            )
+            mounts: list[RuntimeMount | None] = []
+            agents = 0
+            for mount in instruction.resolved_mounts:
+                if mount.type == "ssh":
+                    mounts.append(self.ssh_mount(instruction, mount, agents, env))
+                    agents += 1
+                else:
+                    mounts.append(self.runtime_mount(instruction, mount, stack, env))
             self.run_process(state, step, rootfs, args, env, [*volumes, *(m for m in mounts if m)])
+
+    def redact(self, text: str) -> str:
+        for value in self.secret_values:
+            text = text.replace(value, "****")
+        return text
+
+    def ssh_mount(
+        self, instruction: Run, mount: Mount, index: int, env: list[str]
+    ) -> RuntimeMount | None:
+        """``RUN --mount=type=ssh``: the agent socket ``--ssh ID=SOCKET`` forwards, bound at
+        the target (``/run/buildkit/ssh_agent.N`` by default), with SSH_AUTH_SOCK pointing at
+        the first one, as BuildKit does. Keys stay in the agent: nothing reaches a layer."""
+        name = mount.cache_id or "default"
+        socket = self.request.ssh.get(name)
+        if socket is None:
+            if mount.required:
+                raise self.error(
+                    instruction, f"no SSH agent was forwarded for id {name}",
+                    f"pass --ssh {name}=SOCKET (or --ssh default for $SSH_AUTH_SOCK)",
+                )  # fmt: skip
+            return None
+        target = mount.target or f"/run/buildkit/ssh_agent.{index}"
+        if not any(e.startswith("SSH_AUTH_SOCK=") for e in env):
+            env.append(f"SSH_AUTH_SOCK={target}")
+        return RuntimeMount(target, "bind", str(socket), ("rbind", "rw"))
 
     def run_process(
         self,
@@ -615,7 +797,7 @@ class _Run:
         number = self.current.number
 
         def output(line: bytes) -> None:
-            text = line.decode(errors="replace").rstrip("\n")
+            text = self.redact(line.decode(errors="replace").rstrip("\n"))
             tail.append(text)
             del tail[:-_TAIL_LINES]
             self.builder.output(f"#{number} {text}")
@@ -624,15 +806,19 @@ class _Run:
         spec = ProcessSpec(
             args, env, step.workdir, state.config.user, network, mounts=tuple(mounts),
             extra_hosts=tuple(self.request.extra_hosts), shm_size=self.request.shm_size,
+            limits=self.request.limits,
         )  # fmt: skip
         bundle = self.work / f"bundle-{uuid.uuid4().hex[:8]}"
-        status = run(rootfs, spec, bundle, output, self.request.isolation, self.live)
+        command = f"RUN {' '.join(args[2:] if instruction.shell_form else args)!s}"
+        try:
+            status = run(rootfs, spec, bundle, output, self.request.isolation, self.live)
+        except OutOfMemory as err:
+            raise self.error(instruction, f"{command} was {err} (--memory)") from None
         if status != 0:
             last = " | ".join(tail[-3:])
             raise self.error(
                 instruction,
-                f"RUN {' '.join(args[2:] if instruction.shell_form else args)!s} "
-                f"failed with exit code {status}" + (f": {last}" if last else ""),
+                f"{command} failed with exit code {status}" + (f": {last}" if last else ""),
             )
 
     def runtime_mount(
@@ -656,14 +842,15 @@ class _Run:
             size = (f"size={mount.size_limit}",) if mount.size_limit else ()
             return RuntimeMount(target, "tmpfs", "tmpfs", ("nosuid", "nodev", *size))
         if mount.type == "bind":
+            relative = os.path.normpath("/" + mount.source).lstrip("/")
             if mount.from_:
                 root = stack.enter_context(self.stage_mount(instruction, mount.from_))
+                source = root / relative
             else:
-                root = self.request.context
-            source = root / os.path.normpath("/" + mount.source).lstrip("/")
+                source = self.context_view(relative, copy=not mount.readonly)
             if not os.path.lexists(source):
                 raise self.error(instruction, f"RUN --mount: {mount.source or '/'} not found")
-            if not mount.readonly:  # writes to a bind mount are thrown away, as BuildKit does
+            if mount.from_ and not mount.readonly:  # writes are thrown away, as in BuildKit
                 scratch = self.work / f"rw-{uuid.uuid4().hex[:8]}"
                 subprocess.run(["cp", "-a", "--", str(source), str(scratch)], check=True)
                 source = scratch
@@ -694,6 +881,32 @@ class _Run:
             )
         raise self.error(instruction, f"RUN --mount=type={mount.type} is not supported by kiln yet")
 
+    def context_view(self, relative: str, *, copy: bool) -> Path:
+        """What a bind mount of the context at ``relative`` shows: the files .dockerignore
+        lets through and nothing else, as BuildKit's context has them. Hard links where the
+        mount is read-only (nothing can be changed through it); copies for a writable
+        mount, whose writes are thrown away."""
+        view = self.work / f"ctx-{uuid.uuid4().hex[:8]}"
+        view.mkdir()
+        context = self.request.context.absolute()
+        shutil.copystat(context, view)
+        for entry in self.context_under(relative):
+            origin, target = context / entry.path, view / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if entry.kind == "dir":
+                target.mkdir(exist_ok=True)
+                shutil.copystat(origin, target)
+            elif entry.kind == "symlink":
+                os.symlink(os.readlink(origin), target)
+            elif entry.kind == "file" and copy:
+                shutil.copy2(origin, target)
+            elif entry.kind == "file":
+                try:
+                    os.link(origin, target)
+                except OSError:  # on another filesystem
+                    shutil.copy2(origin, target)
+        return view / relative if relative else view
+
     def workdir_step(self, state: _State, step: Step, rootfs: Path) -> None:
         instruction = step.instruction
         assert isinstance(instruction, Workdir)
@@ -717,8 +930,9 @@ class _Run:
                 source_root = stack.enter_context(self.source_mount(instruction))
                 visible = None
             sources = self.select(instruction, source_root, visible)
-            many = len(sources) + len(instruction.inline) > 1 or any(
-                set("*?[") & set(s) for s in instruction.sources
+            remote = _remote_sources(instruction) if isinstance(instruction, Add) else []
+            many = len(sources) + len(instruction.inline) + len(remote) > 1 or any(
+                set("*?[") & set(s) for s in instruction.sources if s not in remote
             )
             if many and not dest.endswith("/"):
                 raise self.error(
@@ -733,10 +947,14 @@ class _Run:
                 len(sources) == 1
                 and not instruction.inline
                 and source_root == (self.request.context)
+                and not remote
             )
             into_upper = getattr(self.current, "into_upper", None) if deferrable else None
             exclude = PatternMatcher(list(instruction.excludes)) if instruction.excludes else None
             parents = isinstance(instruction, Copy) and instruction.parents
+            for url in filter(is_url, remote):  # fetched (and checked) before any copy
+                assert isinstance(instruction, Add)
+                self.download(instruction, url)
             for relative in sources:
                 if exclude is not None and exclude.matches(relative):
                     continue
@@ -758,6 +976,9 @@ class _Run:
                     source_root, relative, rootfs, target_dest, owner, mode, visible, exclude,
                     into_upper,
                 )  # fmt: skip
+            for source in remote:
+                assert isinstance(instruction, Add)
+                self.copy_remote(instruction, source, rootfs, dest, owner, mode)
             for inline in instruction.inline:
                 inline_target = dest + inline.name if dest.endswith("/") else dest
                 _write_inline(rootfs, inline_target, inline, owner, mode)
@@ -828,10 +1049,10 @@ class _Run:
         """The source paths (relative to ``root``) a COPY or ADD names, after .dockerignore."""
         selected: list[str] = []
         for source in instruction.sources:
-            if source.startswith(("http://", "https://", "git@")):
-                raise self.error(
-                    instruction, "ADD from a URL or a git repository is not supported yet"
-                )
+            if isinstance(instruction, Add) and source in _remote_sources(instruction):
+                continue  # fetched, not selected: see remote_key and copy_remote
+            if is_url(source) or git_source(source) is not None:
+                raise self.error(instruction, "source can't be a URL or a git repository for COPY")
             relative = os.path.normpath("/" + source).lstrip("/")
             if set("*?[") & set(relative):
                 matches = sorted(
@@ -866,6 +1087,13 @@ class _Run:
 # -- helpers -------------------------------------------------------------------------------------
 
 
+def _check_limits(request: BuildRequest) -> None:
+    """Resource limits that make sense and can be enforced, refused before any step runs."""
+    request.limits.check()
+    if request.limits and (request.isolation or default_isolation()) != "oci":
+        raise KilnError(LIMITS_NEED_OCI)
+
+
 def _checked_volumes(request: BuildRequest) -> tuple[Volume, ...]:
     """``request.volumes`` with absolute sources and normalised targets, refused before any
     step runs if a source is missing, a target is relative or "/", or RUN steps cannot take
@@ -886,7 +1114,39 @@ def _checked_volumes(request: BuildRequest) -> tuple[Volume, ...]:
     return tuple(checked)
 
 
+def _is_for(image: StoredImage, platform: Platform) -> bool:
+    """Whether a stored image is for ``platform`` (its variant only when one is asked)."""
+    config = image.config
+    return (
+        config.get("os", "linux") == platform.os
+        and config.get("architecture") == platform.architecture
+        and (not platform.variant or config.get("variant", "") == platform.variant)
+    )
+
+
+def _check_emulation(plan: BuildPlan, file: str) -> None:
+    """A RUN step for a platform this machine cannot run fails before anything is built,
+    saying how to get an emulator (a foreign build of COPY and metadata alone needs none)."""
+    for stage in plan.stages:
+        run = next((s.instruction for s in stage.steps if isinstance(s.instruction, Run)), None)
+        if run is not None and not runs_here(stage.platform):
+            raise BuildError(
+                f"RUN for {stage.platform} needs an emulator, and none is registered here",
+                line=run.location.start_line,
+                file=file,
+                hint=emulator_hint(stage.platform),
+            )
+
+
+def _secret_texts(path: Path) -> set[str]:
+    """A secret's value as a step could print it: whole, and without its final newline."""
+    text = path.read_bytes().decode(errors="replace")
+    return {text, text.rstrip("\n")} - {""}
+
+
 def _timestamp(seconds: float) -> str:
+    if isinstance(seconds, int):
+        return rfc3339(seconds)  # a SOURCE_DATE_EPOCH, written as BuildKit writes it
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -918,6 +1178,11 @@ def _run_args(instruction: Run, config: ImageConfig) -> list[str]:
     for doc in docs:
         command += "\n" + doc.data + doc.name
     return [*shell, command]
+
+
+def _remote_sources(instruction: Add) -> list[str]:
+    """The sources of an ADD that are URLs or git repositories, not context paths."""
+    return [s for s in instruction.sources if is_url(s) or git_source(s) is not None]
 
 
 def _is_tar(path: Path) -> bool:

@@ -4,7 +4,9 @@ Each RUN gets a bundle: a ``config.json`` with mount, PID, IPC and UTS namespace
 /sys, /dev, /dev/shm, the image's environment plus the step's build args, the user and groups
 resolved from the image's own /etc/passwd and /etc/group, and /etc/hosts and
 /etc/resolv.conf bound read-only from the bundle. Mount points that had to be created for
-the run are removed afterwards, so none of this lands in the layer.
+the run are removed afterwards, so none of this lands in the layer. The container's cgroup
+is named (``cgroupsPath``), carries the step's resource limits, and is kept until the
+step's end has been read from it: an OOM kill becomes an error that says so.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +34,31 @@ CAPABILITIES = [
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]  # fmt: skip
 _MOUNT_POINTS = ("proc", "sys", "dev", "etc/hosts", "etc/resolv.conf")
+LIMITS_NEED_OCI = (
+    "--memory, --memory-swap, --cpu-shares and --cpuset-cpus need the oci isolation (runc): "
+    "the chroot isolation has no cgroups to enforce them"
+)
 
 
 class ContainerError(KilnError):
     """The runtime could not be started, or the user cannot be resolved."""
+
+
+class OutOfMemory(ContainerError):
+    """The step failed because the kernel killed a process of it for going over its memory
+    limit: a plain exit code 137 would leave the user guessing."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"killed: it used more than its memory limit of {_size_text(limit)}")
+        self.limit = limit
+
+
+def _size_text(size: int) -> str:
+    """``64 MiB``, ``1.5 GiB``, ``100 bytes``."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if size >= unit:
+            return f"{size / unit:.1f}".removesuffix(".0") + f" {name}"
+    return f"{size} bytes"
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,81 @@ class RuntimeMount:
     type: str
     source: str
     options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """cgroup limits on a RUN step, as docker build's ``--memory``, ``--memory-swap``,
+    ``--cpu-shares`` and ``--cpuset-cpus`` (docker-py's ``container_limits``). Zero or empty:
+    no limit."""
+
+    memory: int = 0  # bytes
+    memory_swap: int = 0  # bytes of memory and swap together; -1: unlimited; 0: twice memory
+    cpu_shares: int = 0  # relative weight, 2 to 262144
+    cpuset_cpus: str = ""  # the CPUs the step may use: "0-3", "0,2"
+
+    def __bool__(self) -> bool:
+        return self != Limits()
+
+    @classmethod
+    def from_docker(cls, limits: Mapping[str, object]) -> Limits:
+        """docker-py's ``container_limits`` (``memory``, ``memswap``, ``cpushares``,
+        ``cpusetcpus``); numbers may be strings, as the Engine API's query takes them."""
+        unknown = set(limits) - set(DOCKER_LIMITS)
+        if unknown:
+            raise ContainerError(f"container_limits: unknown keys {', '.join(sorted(unknown))}")
+        values: dict[str, object] = {}
+        for key, value in limits.items():
+            if key == "cpusetcpus":
+                values[DOCKER_LIMITS[key]] = str(value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                values[DOCKER_LIMITS[key]] = value
+            elif isinstance(value, str) and value.removeprefix("-").isdecimal():
+                values[DOCKER_LIMITS[key]] = int(value)
+            else:
+                raise ContainerError(f"container_limits {key}: {value!r} is not a number")
+        return cls(**values)  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        """Refuse what docker refuses, before any step runs, rather than as runc's error
+        about a cgroup file."""
+        if self.memory < 0 or self.memory_swap < -1:
+            raise ContainerError("--memory and --memory-swap take sizes (--memory-swap: or -1)")
+        if 0 < self.memory < 6 << 20:
+            raise ContainerError("--memory: the minimum memory limit is 6 MiB")
+        if self.memory_swap > 0 and not self.memory:
+            raise ContainerError("--memory-swap needs --memory: it limits memory and swap")
+        if self.memory_swap > 0 and self.memory_swap < self.memory:
+            raise ContainerError("--memory-swap must be at least --memory (memory and swap)")
+        if self.cpu_shares and not 2 <= self.cpu_shares <= 262144:
+            raise ContainerError(f"--cpu-shares {self.cpu_shares}: from 2 to 262144")
+        if self.cpuset_cpus:
+            wanted = _cpu_list(self.cpuset_cpus)
+            available = os.sched_getaffinity(0)
+            if wanted - available:
+                raise ContainerError(
+                    f"--cpuset-cpus {self.cpuset_cpus}: CPUs "
+                    f"{','.join(map(str, sorted(wanted - available)))} are not available "
+                    f"(this machine has {','.join(map(str, sorted(available)))})"
+                )
+
+
+# docker-py's container_limits keys, and the fields of Limits they set
+DOCKER_LIMITS = {
+    "memory": "memory", "memswap": "memory_swap", "cpushares": "cpu_shares",
+    "cpusetcpus": "cpuset_cpus",
+}  # fmt: skip
+
+
+def _cpu_list(text: str) -> set[int]:
+    """The CPUs of a cpuset list such as ``0-2,5``."""
+    cpus: set[int] = set()
+    for item in text.split(","):
+        first, dash, last = item.strip().partition("-")
+        if not first.isdecimal() or (dash and not last.isdecimal()):
+            raise ContainerError(f"--cpuset-cpus {text}: expected CPUs such as 0-3 or 0,2")
+        cpus.update(range(int(first), int(last if dash else first) + 1))
+    return cpus
 
 
 @dataclass(frozen=True)
@@ -61,6 +159,7 @@ class ProcessSpec:
     mounts: tuple[RuntimeMount, ...] = ()
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, address) lines for /etc/hosts
     shm_size: int = 64 << 20  # bytes of /dev/shm
+    limits: Limits = Limits()
 
 
 @dataclass(frozen=True)
@@ -177,6 +276,8 @@ def run(
     bundle.mkdir(parents=True, exist_ok=True)
     if spec.mounts and isolation != "oci":
         raise ContainerError("RUN --mount needs the oci isolation (runc)")
+    if spec.limits and isolation != "oci":
+        raise ContainerError(LIMITS_NEED_OCI)
     points = [*_MOUNT_POINTS, *(m.destination.strip("/") for m in spec.mounts)]
     created = _missing(rootfs, points)
     parents = {
@@ -191,10 +292,14 @@ def run(
     shutil.copyfile("/etc/resolv.conf", bundle / "resolv.conf")
     user = resolve_user(rootfs, spec.user)
     container = f"kiln-{uuid.uuid4().hex[:12]}"
+    out_of_memory = False
     try:
         if isolation == "oci":
-            (bundle / "config.json").write_text(json.dumps(_config(rootfs, bundle, spec, user)))
-            command = [RUNC, "--root", str(bundle / "state"), "run", "--bundle", str(bundle)]
+            config = _config(rootfs, bundle, spec, user, container)
+            (bundle / "config.json").write_text(json.dumps(config))
+            # --keep: the container's cgroup outlives its process, to be read before delete
+            command = [RUNC, "--root", str(bundle / "state"), "run", "--keep"]
+            command += ["--bundle", str(bundle)]
             command.append(container)
         else:
             _make_mount_stubs(rootfs, created)
@@ -222,6 +327,8 @@ def run(
             if process.poll() is None:  # interrupted (a signal): the step goes with us
                 _stopper(process, isolation, bundle, container)()
                 process.wait()
+        if status != 0 and spec.limits.memory and isolation == "oci":
+            out_of_memory = _oom_kills(container) > 0
     finally:
         if isolation == "oci":
             subprocess.run(
@@ -232,7 +339,43 @@ def run(
         for parent, mtime in parents.items():  # as if no stub had ever been made
             with contextlib.suppress(OSError):
                 os.utime(in_scope(rootfs, parent), ns=(mtime, mtime), follow_symlinks=False)
+    if out_of_memory:
+        raise OutOfMemory(spec.limits.memory)
     return status
+
+
+def _oom_kills(cgroup: str) -> int:
+    """How many processes the kernel's OOM killer has killed in a container's memory cgroup
+    (``cgroup``: its cgroupsPath, which runc takes relative to its own cgroup, ours)."""
+    directory = _own_memory_cgroup() / cgroup
+    for name in ("memory.events", "memory.oom_control"):  # cgroup v2, v1
+        with contextlib.suppress(OSError):
+            for line in (directory / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return 0
+
+
+def _own_memory_cgroup() -> Path:
+    """The directory of this process's memory cgroup: in the v1 hierarchy that has the
+    memory controller (hybrid hosts too), or else in the v2 one."""
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        own[controllers] = path
+    v1 = next((c for c in own if "memory" in c.split(",")), None)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        root, mountpoint = fields.split()[3:5]
+        fstype, _, options = tail.split()[:3]
+        mounted = (
+            (fstype == "cgroup" and "memory" in options.split(",")) if v1 else (fstype == "cgroup2")
+        )
+        if mounted:
+            path = own[v1] if v1 else own[""]
+            return Path(mountpoint) / os.path.relpath(path, root)
+    return Path("/sys/fs/cgroup")
 
 
 def _stopper(
@@ -304,7 +447,9 @@ def _remove_mount_stubs(rootfs: Path, created: list[str]) -> None:
             continue
 
 
-def _config(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[str, object]:
+def _config(
+    rootfs: Path, bundle: Path, spec: ProcessSpec, user: User, cgroup: str
+) -> dict[str, object]:
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.network == "none":
         namespaces.append({"type": "network"})
@@ -381,6 +526,8 @@ def _config(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[s
         ],
         "linux": {
             "namespaces": namespaces,
+            "cgroupsPath": cgroup,  # relative: under kiln's own cgroup, where _oom_kills looks
+            **({"resources": _resources(spec.limits)} if spec.limits else {}),
             "maskedPaths": [
                 "/proc/acpi",
                 "/proc/kcore",
@@ -400,3 +547,17 @@ def _config(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[s
             ],
         },
     }
+
+
+def _resources(limits: Limits) -> dict[str, object]:
+    """The runtime spec's ``linux.resources`` for ``limits``. As docker, a memory limit
+    without a swap limit allows as much swap again (``swap`` is memory and swap together)."""
+    memory: dict[str, int] = {}
+    if limits.memory:
+        memory = {"limit": limits.memory, "swap": limits.memory_swap or 2 * limits.memory}
+    cpu: dict[str, object] = {}
+    if limits.cpu_shares:
+        cpu["shares"] = limits.cpu_shares
+    if limits.cpuset_cpus:
+        cpu["cpus"] = limits.cpuset_cpus
+    return {name: value for name, value in (("memory", memory), ("cpu", cpu)) if value}

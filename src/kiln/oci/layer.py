@@ -23,6 +23,12 @@ from kiln.errors import KilnError
 # xattrs that describe the host, not the image.
 _SKIPPED_XATTRS = ("security.selinux", "system.nfs4_acl")
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+# The same for GNU tar. overlayfs's own (origin: a file handle of the store's filesystem) would
+# make a copied-up file's layer differ from one store to the next.
+_GNU_TAR_XATTR_EXCLUDES = tuple(
+    f"--xattrs-exclude={pattern}"
+    for pattern in (*_SKIPPED_XATTRS, *(f"{prefix}*" for prefix in _SKIPPED_XATTR_PREFIXES))
+)
 
 
 class LayerError(KilnError):
@@ -63,9 +69,17 @@ Unchanged = Callable[[str, os.stat_result], bool]
 
 
 def write_dir_layer(
-    root: Path, out: BinaryIO, *, overlay: bool = False, unchanged: Unchanged | None = None
+    root: Path,
+    out: BinaryIO,
+    *,
+    overlay: bool = False,
+    unchanged: Unchanged | None = None,
+    clamp: int | None = None,
 ) -> LayerInfo:
     """Write everything below ``root`` (not ``root`` itself) to ``out`` as a layer tar.
+
+    With ``clamp`` (a SOURCE_DATE_EPOCH), mtimes later than it are written as ``clamp``, as
+    BuildKit's ``rewrite-timestamp`` does: a build that ran later still gives the same tar.
 
     With ``overlay``, ``root`` is an overlayfs upper dir: a 0/0 character device becomes a
     ``.wh.<name>`` whiteout and an opaque directory gets a ``.wh..wh..opq`` marker, each
@@ -74,7 +88,7 @@ def write_dir_layer(
     """
     writer = HashingWriter(out)
     if shutil.which("tar") and not (overlay and _needs_conversion(root, unchanged)):
-        _gnu_tar(root, writer)
+        _gnu_tar(root, writer, clamp)
         return LayerInfo(writer.digest, writer.size)
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
@@ -84,7 +98,7 @@ def write_dir_layer(
             if overlay and relative.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
                 _add_whiteout(tar, relative)
             else:
-                _add_entry(tar, path, relative, links)
+                _add_entry(tar, path, relative, links, clamp)
     return LayerInfo(writer.digest, writer.size)
 
 
@@ -111,7 +125,7 @@ def _needs_conversion(root: Path, unchanged: Unchanged | None) -> bool:
     return False
 
 
-def _gnu_tar(root: Path, writer: HashingWriter) -> None:
+def _gnu_tar(root: Path, writer: HashingWriter, clamp: int | None) -> None:
     """The same layer semantics, written by GNU tar: several times faster than tarfile for
     thousands of files. Sorted, numeric owners, whole-second mtimes, no atime/ctime, xattrs."""
     names = sorted(os.listdir(root), key=os.fsencode)
@@ -120,9 +134,10 @@ def _gnu_tar(root: Path, writer: HashingWriter) -> None:
             return
     command = [
         "tar", "--create", "--file=-", f"--directory={root}", "--format=pax", "--sort=name",
-        "--numeric-owner", "--xattrs", "--xattrs-include=*", "--xattrs-exclude=security.selinux",
+        "--numeric-owner", "--xattrs", "--xattrs-include=*", *_GNU_TAR_XATTR_EXCLUDES,
         "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime,delete=mtime",
-        "--no-acls", "--no-selinux", "--", *names,
+        "--no-acls", "--no-selinux",
+        *(("--clamp-mtime", f"--mtime=@{clamp}") if clamp is not None else ()), "--", *names,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None
@@ -195,14 +210,18 @@ def _add_whiteout(tar: tarfile.TarFile, name: str) -> None:
 
 
 def _add_entry(
-    tar: tarfile.TarFile, path: Path, name: str, links: dict[tuple[int, int], str]
+    tar: tarfile.TarFile,
+    path: Path,
+    name: str,
+    links: dict[tuple[int, int], str],
+    clamp: int | None,
 ) -> None:
     st = os.lstat(path)
     info = tarfile.TarInfo(name)
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
     info.uname = info.gname = ""
-    info.mtime = int(st.st_mtime)
+    info.mtime = int(st.st_mtime) if clamp is None else min(int(st.st_mtime), clamp)
     info.pax_headers = _xattrs(path)
     mode = st.st_mode
     if stat.S_ISREG(mode):

@@ -19,6 +19,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any, Literal
@@ -49,35 +50,74 @@ def squash(store: Store, name: str, *, keep: int = 0, tag: Reference | None = No
     for a single layer. With fewer than two layers above ``keep`` there is nothing to merge:
     the image itself is returned. ``tag``, if given, names the result.
     """
+    count = len(store.image(name).layers)
+    if not 0 <= keep <= count:
+        raise SquashError(f"cannot keep {keep} layers of {name}: it has {count}")
+    return merge_layers(store, name, [range(keep, count)], tags=[] if tag is None else [tag])
+
+
+def merge_layers(
+    store: Store, name: str, groups: Sequence[range], *, tags: Sequence[Reference] = ()
+) -> StoredImage:
+    """A new image of ``name`` in which the layers of each range of ``groups`` (indices of
+    consecutive layers, ranges in order and apart) are merged into one, and the other layers
+    stay; its config differs only in ``rootfs`` and ``history``, as ``squash``'s.
+
+    This is layer control after a build (``--squash``, incubator's ``layers``, makisu's
+    ``#!COMMIT``): each step keeps its own cached layer, and only the image is regrouped.
+    Without a range of two layers or more there is nothing to merge: the image itself is
+    returned. ``tags`` name the result.
+    """
     image = store.image(name)
     layers = image.layers
-    if not 0 <= keep <= len(layers):
-        raise SquashError(f"cannot keep {keep} layers of {name}: it has {len(layers)}")
-    if len(layers) - keep < 2:
-        if tag is None:
-            return image
-        store.tag(image.manifest_digest, tag)
-        return store.image(image.manifest_digest)
-    with store.writing(), contextlib.ExitStack() as stack:
-        try:
-            sources = [_open_layer(store, layer, stack) for layer in layers[keep:]]
-            entries, sealed = _merge(sources)
-            if keep:
-                entries.update(_hiders(store, layers[:keep], entries, sealed))
-            diff_id, size = store.put_blob_stream(partial(_write, entries))
-        except (OSError, EOFError, tarfile.TarError, zlib.error) as err:
-            raise SquashError(f"cannot squash {name}: {err}") from None
-        config = copy.deepcopy(image.config)
-        config["rootfs"] = {"type": "layers", "diff_ids": [*image.diff_ids[:keep], diff_id]}
-        if "history" in config:
-            comment = (
-                f"merge layers {keep + 1} to {len(layers)} of {image.id}"
-                if keep
-                else f"create new from {image.id}"
+    start = 0
+    for group in groups:
+        if group.step != 1 or group.start < start or group.stop > len(layers):
+            raise SquashError(
+                f"cannot merge layers {group.start + 1} to {group.stop} of {name}: "
+                f"the ranges must be in order, apart and within its {len(layers)} layers"
             )
-            config["history"] = _history(config["history"], keep, comment, config.get("created"))
-        config_bytes = canonical_json(config)
+        start = group.stop
+    merging = [group for group in groups if len(group) >= 2]
+    if not merging:
+        for tag in tags:
+            store.tag(image.manifest_digest, tag)
+        return store.image(image.manifest_digest) if tags else image
+    with store.writing():
+        merged: dict[int, tuple[str, int]] = {}  # the first index of a range: its new layer
+        for group in merging:
+            try:
+                merged[group.start] = _merge_range(store, layers, group)
+            except (OSError, EOFError, tarfile.TarError, zlib.error) as err:
+                raise SquashError(f"cannot squash {name}: {err}") from None
         docker = image.manifest.get("mediaType") == DOCKER_MANIFEST
+        diff_ids: list[str] = []
+        descriptors: list[dict[str, Any]] = []
+        index = 0
+        while index < len(layers):
+            if index in merged:
+                diff_id, size = merged[index]
+                diff_ids.append(diff_id)
+                layer = Descriptor(DOCKER_LAYER if docker else LAYER, diff_id, size)
+                descriptors.append(layer.to_json())
+                index = next(g.stop for g in merging if g.start == index)
+            else:
+                diff_ids.append(image.diff_ids[index])
+                descriptors.append(image.manifest["layers"][index])
+                index += 1
+        config = copy.deepcopy(image.config)
+        config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+        if "history" in config:
+            comments = {
+                group: (
+                    f"merge layers {group.start + 1} to {group.stop} of {image.id}"
+                    if group.start or group.stop < len(layers)
+                    else f"create new from {image.id}"
+                )
+                for group in merging
+            }
+            config["history"] = _history(config["history"], comments, config.get("created"))
+        config_bytes = canonical_json(config)
         manifest = {
             **image.manifest,
             "config": {
@@ -85,31 +125,53 @@ def squash(store: Store, name: str, *, keep: int = 0, tag: Reference | None = No
                 "digest": store.put_blob(config_bytes),
                 "size": len(config_bytes),
             },
-            "layers": [
-                *image.manifest["layers"][:keep],
-                Descriptor(DOCKER_LAYER if docker else LAYER, diff_id, size).to_json(),
-            ],
+            "layers": descriptors,
         }
-        return store.add_image(manifest, [tag] if tag is not None else [])
+        return store.add_image(manifest, list(tags))
+
+
+def _merge_range(store: Store, layers: list[Descriptor], group: range) -> tuple[str, int]:
+    """(diff_id, size) of the one layer that changes the layers below ``group`` as its
+    layers did."""
+    with contextlib.ExitStack() as stack:
+        sources = [_open_layer(store, layer, stack) for layer in layers[group.start : group.stop]]
+        entries, sealed = _merge(sources)
+        if group.start:
+            entries.update(_hiders(store, layers[: group.start], entries, sealed))
+        return store.put_blob_stream(partial(_write, entries))
 
 
 def _history(
-    history: list[dict[str, Any]], keep: int, comment: str, created: str | None
+    history: list[dict[str, Any]], comments: dict[range, str], created: str | None
 ) -> list[dict[str, Any]]:
-    """Docker's squash history: the merged layers' entries stay, marked empty, and one entry
-    for the merged layer follows them, dated as the image (so that a squash is repeatable)."""
+    """Docker's squash history, for each merged range: its layers' entries stay, marked
+    empty, and one entry for the merged layer follows them (before the next layer's entry),
+    dated as the image (so that a merge is repeatable)."""
+
+    def entry(group: range) -> dict[str, Any]:
+        done.add(group)
+        merged = {"comment": comments[group]}
+        if created is not None:
+            merged["created"] = created
+        return merged
+
+    done: set[range] = set()
     result = []
+    pending: range | None = None  # a range whose entries are all in, awaiting its entry
     layers = 0
-    for entry in history:
-        if not entry.get("empty_layer"):
-            if layers >= keep:
-                entry = {**entry, "empty_layer": True}
+    for item in history:
+        if not item.get("empty_layer"):
+            if pending is not None:
+                result.append(entry(pending))
+                pending = None
+            group = next((g for g in comments if layers in g), None)
+            if group is not None:
+                item = {**item, "empty_layer": True}
+                if layers == group.stop - 1:
+                    pending = group
             layers += 1
-        result.append(entry)
-    merged = {"comment": comment}
-    if created is not None:
-        merged["created"] = created
-    return [*result, merged]
+        result.append(item)
+    return [*result, *(entry(g) for g in comments if g not in done)]
 
 
 @dataclass(frozen=True)

@@ -406,10 +406,13 @@ class Store:
         return removed
 
     def prune(self) -> tuple[int, int]:
-        """Remove the build cache, untagged images and blobs nothing references:
-        (images, bytes) freed."""
+        """Remove the build cache (ADD's downloads with it), untagged images and blobs
+        nothing references: (images, bytes) freed."""
         with self._collecting():
             self.db.execute("DELETE FROM cache")
+            downloads = self.root / "cache" / "http"
+            download_bytes = _tree_size(downloads)
+            shutil.rmtree(downloads, ignore_errors=True)
             untagged = [
                 r[0]
                 for r in self.db.execute(
@@ -418,9 +421,25 @@ class Store:
             ]
             for digest in untagged:
                 self.db.execute("DELETE FROM images WHERE manifest = ?", (digest,))
-            freed = self._collect_garbage()
+            freed = self._collect_garbage() + download_bytes
             self._write_index()
         return len(untagged), freed
+
+    def prune_cache_mounts(self) -> tuple[int, int]:
+        """Empty the ``RUN --mount=type=cache`` directories builds keep between them:
+        (caches, bytes) freed. Builds hold the collector's lock shared while they run, so
+        with it held exclusively here no build is using one."""
+        caches = self.root / "cache-mounts"
+        count = freed = 0
+        with self._collecting():
+            for path in sorted(caches.iterdir()) if caches.is_dir() else ():
+                if path.is_dir() and not path.is_symlink():
+                    freed += _tree_size(path)
+                    shutil.rmtree(path)
+                    count += 1
+                else:
+                    path.unlink()
+        return count, freed
 
     @contextlib.contextmanager
     def _collecting(self) -> Iterator[None]:

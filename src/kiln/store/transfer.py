@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from kiln.epoch import rfc3339
 from kiln.errors import KilnError
 from kiln.oci.layer import HashingWriter, open_decompressed, write_dir_layer
 from kiln.oci.objects import (
@@ -51,22 +52,26 @@ def import_rootfs(
     source: Path,
     reference: Reference,
     platform: Platform | None = None,
+    epoch: int | None = None,
 ) -> StoredImage:
     """An image of one layer from a directory or a (possibly compressed) tar, as
-    ``docker import`` makes it."""
+    ``docker import`` makes it. With ``epoch`` (a SOURCE_DATE_EPOCH) the image is dated
+    then and a directory's later mtimes are clamped to it; a tar's layer is its own bytes."""
     platform = platform or Platform.host()
     with store.writing():
-        return _import(store, source, reference, platform)
+        return _import(store, source, reference, platform, epoch)
 
 
-def _import(store: Store, source: Path, reference: Reference, platform: Platform) -> StoredImage:
+def _import(
+    store: Store, source: Path, reference: Reference, platform: Platform, epoch: int | None
+) -> StoredImage:
     if source.is_dir():
-        diff_id, size = store.put_blob_stream(lambda out: _write_dir(source, out))
+        diff_id, size = store.put_blob_stream(lambda out: _write_dir(source, out, epoch))
     elif source.is_file():
         diff_id, size = store.put_blob_stream(lambda out: _copy_decompressed(source, out))
     else:
         raise TransferError(f"cannot import {source}: no such file or directory")
-    created = now_rfc3339()
+    created = now_rfc3339() if epoch is None else rfc3339(epoch)
     config = {
         "architecture": platform.architecture,
         "os": platform.os,
@@ -84,8 +89,8 @@ def _import(store: Store, source: Path, reference: Reference, platform: Platform
     return store.add_image(manifest, [reference])
 
 
-def _write_dir(source: Path, out: HashingWriter) -> None:
-    write_dir_layer(source, out)  # type: ignore[arg-type]
+def _write_dir(source: Path, out: HashingWriter, epoch: int | None) -> None:
+    write_dir_layer(source, out, clamp=epoch)  # type: ignore[arg-type]
 
 
 def _copy_decompressed(source: Path, out: HashingWriter) -> None:

@@ -9,15 +9,14 @@ source is used where it is, unmodified, or copied when ``provider_params['copy']
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln import git
 from kiln.errors import KilnError
 
 
@@ -104,43 +103,7 @@ def _dockerfile(root: Path, spec: SourceSpec, commit: str) -> tuple[Path, Path]:
 
 def _fetch_git(uri: str, ref: str, root: Path) -> str:
     """Check ``uri`` out at ``ref`` (default: the remote's HEAD) into ``root``; the commit."""
-    root.mkdir(parents=True)
-    _git(root, "init", "--quiet")
-    _git(root, "remote", "add", "origin", uri)
-    shallow = _git(root, "fetch", "--quiet", "--depth", "1", "origin", ref or "HEAD", check=False)
-    if shallow.returncode == 0:
-        _git(root, "checkout", "--quiet", "--detach", "FETCH_HEAD")
-    else:
-        # The server does not hand out that ref shallowly (an abbreviated or unadvertised
-        # commit): fetch everything and resolve it here.
-        full = _git(root, "fetch", "--quiet", "--tags", "origin",
-                    "+refs/heads/*:refs/remotes/origin/*", check=False)  # fmt: skip
-        if full.returncode != 0:
-            raise SourceError(f"cannot fetch {uri}: {_last_line(full.stderr)}")
-        if not ref:
-            raise SourceError(f"cannot fetch {uri}: {_last_line(shallow.stderr)}")
-        target = next(
-            (c for c in (f"origin/{ref}", ref) if _git(
-                root, "rev-parse", "--verify", "--quiet", f"{c}^{{commit}}", check=False
-            ).returncode == 0),
-            None,
-        )  # fmt: skip
-        if target is None:
-            raise SourceError(f"{uri} has no branch, tag or commit {ref!r}")
-        _git(root, "checkout", "--quiet", "--detach", target)
-    return _git(root, "rev-parse", "HEAD").stdout.strip()
-
-
-def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},  # fail, never ask for a password
-    )  # fmt: skip
-    if check and result.returncode != 0:
-        raise SourceError(f"git {args[0]} failed: {_last_line(result.stderr)}")
-    return result
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
+    try:
+        return git.fetch(uri, ref, root)
+    except git.GitError as err:
+        raise SourceError(str(err)) from None

@@ -1,0 +1,184 @@
+"""RUN --mount on real builds: ssh agents, secrets (from files and variables, and nowhere in
+the store afterwards), binds of the context as .dockerignore leaves it, and cache mounts
+that outlive a build until ``kiln prune --cache-mounts``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kiln.cli.main import cli
+from tests.engine.test_build import context, invoke, unpack
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("runc") is None or os.geteuid() != 0,
+    reason="building needs root and runc (.ci/run installs it)",
+)
+
+
+@pytest.fixture
+def kiln_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> Path:
+    root = tmp_path / "kiln-root"
+    monkeypatch.setenv("KILN_ROOT", str(root))
+    invoke("import", str(busybox_rootfs), "busybox:base")
+    return root
+
+
+def build(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner(env=env).invoke(cli, ["build", "--progress", "plain", *args])
+
+
+def layer_names(kiln_root: Path, name: str) -> set[str]:
+    """Every path the image's own layers (not the base's) hold."""
+    image = invoke("inspect", name).stdout
+    manifest_digest = json.loads(image)[0]["Manifest"]
+    manifest = json.loads((kiln_root / "blobs/sha256" / manifest_digest[7:]).read_text())
+    names: set[str] = set()
+    for layer in manifest["layers"][1:]:
+        with tarfile.open(kiln_root / "blobs/sha256" / layer["digest"][7:]) as tar:
+            names.update(tar.getnames())
+    return names
+
+
+@pytest.fixture
+def ssh_agent(tmp_path: Path) -> Iterator[Path]:
+    """A real ssh-agent holding one new key."""
+    if shutil.which("ssh-agent") is None:
+        pytest.skip("openssh-client is not installed (.ci/run installs it)")
+    socket = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket)], stdout=subprocess.DEVNULL)
+    try:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(tmp_path / "key")], check=True)  # fmt: skip
+        for _ in range(100):
+            if socket.exists():
+                break
+            time.sleep(0.05)
+        subprocess.run(["ssh-add", "-q", str(tmp_path / "key")], check=True,
+                       env={**os.environ, "SSH_AUTH_SOCK": str(socket)},
+                       capture_output=True)  # fmt: skip
+        yield socket
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+# Asks the agent for its identities (SSH2_AGENTC_REQUEST_IDENTITIES) and prints the answer's
+# type (12: SSH2_AGENT_IDENTITIES_ANSWER) and key count; perl-base is in Debian's minbase.
+ASK_AGENT = (
+    "perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ENV{SSH_AUTH_SOCK}) "
+    'or die "connect: $!"; print $s pack("NC", 1, 11); read($s, $h, 4); '
+    'read($s, $b, unpack("N", $h)); ($t, $k) = unpack("CN", $b); print "type=$t keys=$k\\n"\''
+)
+
+
+def test_an_ssh_mount_forwards_the_agent_and_leaves_no_trace(
+    kiln_root: Path, tmp_path: Path, debian_rootfs_tar: Path, ssh_agent: Path
+) -> None:
+    invoke("import", str(debian_rootfs_tar), "debian:bookworm")
+    ctx = context(tmp_path, f"FROM debian:bookworm\nRUN --mount=type=ssh {ASK_AGENT} > /agent\n")
+    result = build("--ssh", f"default={ssh_agent}", "-t", "app:ssh", str(ctx))
+    assert result.exit_code == 0, result.output
+    rootfs = unpack(kiln_root, "ssh", tmp_path)
+    assert (rootfs / "agent").read_text() == "type=12 keys=1\n"
+    assert not any(
+        n.lstrip("./").startswith("run/buildkit") for n in layer_names(kiln_root, "app:ssh")
+    )
+    # SSH_AUTH_SOCK works as the default, and a required agent that is missing is an error.
+    ctx = context(tmp_path, "FROM busybox:base\nRUN --mount=type=ssh,required=true true\n")
+    result = build("--ssh", "default", "-t", "app:ssh2", str(ctx),
+                   env={"SSH_AUTH_SOCK": str(ssh_agent)})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = build("--no-cache", "-t", "app:nossh", str(ctx))
+    assert result.exit_code == 1
+    assert "Dockerfile:2: no SSH agent was forwarded for id default" in result.stderr
+
+
+SECRET = "s3cr3t-Value-9f8e7d"
+
+
+def test_a_secret_reaches_no_layer_blob_database_log_or_error(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "token.txt").write_text(SECRET + "\n")
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\n"
+        "RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /length\n"
+        'RUN --mount=type=secret,id=api,env=API_KEY echo "$API_KEY" | wc -c > /api-length\n'
+        "RUN --mount=type=secret,id=token cat /run/secrets/token\n",
+    )
+    result = build("--secret", f"id=token,src={tmp_path / 'token.txt'}",
+                   "--secret", "id=api,env=API_VALUE", "-t", "app:secret", str(ctx),
+                   env={"API_VALUE": SECRET + "-api"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rootfs = unpack(kiln_root, "secret", tmp_path)
+    assert (rootfs / "length").read_text().strip() == str(len(SECRET) + 1)
+    assert (rootfs / "api-length").read_text().strip() == str(len(SECRET) + 5)
+    assert SECRET not in result.output and "****" in result.output  # the step printed it
+    failing = context(
+        tmp_path,
+        "FROM busybox:base\nRUN --mount=type=secret,id=token cat /run/secrets/token; exit 3\n",
+    )
+    result = build("--secret", f"id=token,src={tmp_path / 'token.txt'}", str(failing))
+    assert result.exit_code == 1 and "exit code 3: ****" in result.stderr
+    assert SECRET not in result.output + result.stderr
+    # Every file of the store: blobs, the database, caches, layer snapshots.
+    grep = subprocess.run(["grep", "-r", "-l", "-a", SECRET, str(kiln_root)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert grep.returncode == 1, grep.stdout  # 1: no match anywhere
+    assert not list(Path("/dev/shm").glob("kiln-secret-*"))  # the env secret's file is gone
+
+
+def test_a_context_bind_mount_sees_what_dockerignore_lets_through(
+    kiln_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\n"
+        "RUN --mount=type=bind,target=/src find /src | sort > /seen\n"
+        "RUN --mount=type=bind,source=sub,target=/sub,rw "
+        "echo changed > /sub/a && cat /sub/a > /written\n",
+        {".dockerignore": "secret.env\nsub/*.log\n", "secret.env": "x", "keep.txt": "k"},
+    )
+    (ctx / "sub").mkdir()
+    (ctx / "sub" / "a").write_text("a\n")
+    (ctx / "sub" / "b.log").write_text("log")
+    monkeypatch.chdir(tmp_path)  # a relative context path must work too
+    result = build("-t", "app:bind", "context")
+    assert result.exit_code == 0, result.output
+    rootfs = unpack(kiln_root, "bind", tmp_path)
+    assert (rootfs / "seen").read_text().split() == [
+        "/src", "/src/.dockerignore", "/src/Dockerfile", "/src/keep.txt", "/src/sub",
+        "/src/sub/a",
+    ]  # fmt: skip
+    assert (rootfs / "written").read_text() == "changed\n"
+    assert (ctx / "sub" / "a").read_text() == "a\n"  # a rw bind's writes are thrown away
+
+
+def test_a_cache_mount_outlives_the_build_until_pruned(kiln_root: Path, tmp_path: Path) -> None:
+    dockerfile = (
+        "FROM busybox:base\nARG N\n"
+        "RUN --mount=type=cache,target=/cache,id=downloads "
+        "if [ -f /cache/artifact ]; then echo reused; else echo fetched > /cache/artifact; "
+        "echo fetched; fi; cp /cache/artifact /artifact-$N\n"
+    )
+    ctx = context(tmp_path, dockerfile)
+    first = build("--build-arg", "N=1", "-t", "app:c1", str(ctx))
+    second = build("--build-arg", "N=2", "-t", "app:c2", str(ctx))  # a new key: the step runs
+    assert first.exit_code == second.exit_code == 0, first.output + second.output
+    assert "#2 fetched" in first.output and "#2 reused" in second.output
+    assert (kiln_root / "cache-mounts").is_dir()
+    pruned = invoke("prune", "--cache-mounts").stdout
+    assert "Deleted 1 cache mount(s)" in pruned
+    third = build("--build-arg", "N=3", "-t", "app:c3", str(ctx))
+    assert third.exit_code == 0 and "#2 fetched" in third.output
