@@ -81,7 +81,6 @@ def test_build_from_a_fileobj_dockerfile_and_a_custom_context(
     "kwargs",
     [
         {"container_limits": {"memory": 64 << 20, "cpuquota": 50000}},
-        {"cache_from": ["app:1"]},
         {"network_mode": "container:x"},
     ],
 )

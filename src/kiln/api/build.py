@@ -72,10 +72,6 @@ def build_native(
     from kiln.engine.layering import Layering
     from kiln.engine.runtime import DOCKER_LIMITS, Limits
 
-    not_yet = {"cache_from": cache_from}
-    for name, value in not_yet.items():
-        if value:
-            raise NotSupported(f"build: {name} is not supported by the native backend yet")
     unknown = sorted(set(container_limits or {}) - set(DOCKER_LIMITS))
     if unknown:
         raise NotSupported(
@@ -112,6 +108,7 @@ def build_native(
             extra_hosts=_hosts(extra_hosts),
             shm_size=shmsize or 64 << 20,
             platform=Platform.parse(platform) if platform else None,
+            cache_from=tuple(cache_from or ()),
             volumes=tuple(volumes),
             limits=Limits.from_docker(container_limits or {}),
             layering=Layering(squash=bool(squash), splits=tuple(layers)),

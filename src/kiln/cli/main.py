@@ -400,6 +400,10 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
 @click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
 @click.option("--no-cache", is_flag=True, help="Build every step afresh.")
 @click.option(
+    "--cache-from", "cache_from", multiple=True, metavar="IMAGE",
+    help="Reuse the steps of IMAGE's inline cache (built with BUILDKIT_INLINE_CACHE=1).",
+)  # fmt: skip
+@click.option(
     "--squash", is_flag=True, help="Merge the layers the build adds into one, over the base's."
 )
 @click.option(
@@ -496,6 +500,7 @@ def build_command(
     labels: tuple[str, ...],
     network: str,
     no_cache: bool,
+    cache_from: tuple[str, ...],
     squash: bool,
     commit: str,
     secrets: tuple[str, ...],
@@ -530,6 +535,7 @@ def build_command(
                    "--add-host": add_hosts, "--volume": volumes, "--label": labels,
                    "--network": network != "host", "--shm-size": shm_size != "64m",
                    "--squash": squash, "--commit explicit": commit == "explicit",
+                   "--cache-from": cache_from,
                    "--memory, --memory-swap, --cpu-shares, --cpuset-cpus": limits}  # fmt: skip
         refused = [name for name, value in ignored.items() if value]
         if refused:
@@ -550,7 +556,7 @@ def build_command(
         native_only = {"--output": outputs, "--load": load, "--push": push, "--secret": secrets,
                        "--parent-registry": parent_registry, "--isolation": isolation,
                        "--ssh": ssh_agents, "--platform": build_platform,
-                       "--volume": volumes, "--squash": squash,
+                       "--volume": volumes, "--squash": squash, "--cache-from": cache_from,
                        "--commit explicit": commit == "explicit"}  # fmt: skip
         refused = [name for name, value in native_only.items() if value]
         if refused:
@@ -602,6 +608,7 @@ def build_command(
             volumes=tuple(_parse_volume(v) for v in volumes),
             limits=Limits.from_docker(limits),
             layering=Layering(squash=squash, explicit=commit == "explicit"),
+            cache_from=cache_from,
         )
         output = printer("quiet" if quiet else progress)
         store = _store()

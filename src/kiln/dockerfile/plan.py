@@ -579,7 +579,12 @@ class _Planner:
 
     def report_unused_build_args(self) -> None:
         # SOURCE_DATE_EPOCH is consumed by the build itself (the image's timestamps).
-        ignored = self.consumed | PROXY_ARGS | set(PLATFORM_ARGS) | {"SOURCE_DATE_EPOCH"}
+        ignored = (
+            self.consumed
+            | PROXY_ARGS
+            | set(PLATFORM_ARGS)
+            | {"SOURCE_DATE_EPOCH", "BUILDKIT_INLINE_CACHE"}
+        )
         for name in sorted(set(self.options.build_args) - ignored):
             self.warn(None, f"build-arg {name!r} was not consumed by any ARG")
 

@@ -143,6 +143,7 @@ class BuildRequest:
     volumes: tuple[Volume, ...] = ()  # --volume HOST:CONTAINER[:ro|rw], for RUN steps
     limits: Limits = field(default_factory=Limits)  # --memory, --cpu-shares...: RUN steps
     layering: Layering = field(default_factory=Layering)  # --squash, --commit explicit...
+    cache_from: tuple[str, ...] = ()  # images whose inline cache this build may use
 
 
 @dataclass
@@ -161,11 +162,15 @@ class _State:
     diff_ids: list[str] = field(default_factory=list)
     # The step of this stage that made each layer; None for its base's (for layer control).
     made_by: list[Step | None] = field(default_factory=list)
+    # (cache key, index of the layer it made or -1) of each layer step so far: the inline
+    # cache an image carries with BUILDKIT_INLINE_CACHE=1.
+    cache: list[tuple[str, int]] = field(default_factory=list)
 
     def copy(self) -> _State:
         state = _State(list(self.layers), self.config, list(self.history), self.platform, self.key)
         state.args = list(self.args)
         state.diff_ids = list(self.diff_ids)
+        state.cache = list(self.cache)
         return state
 
 
@@ -198,6 +203,8 @@ class Builder:
                 # As Buildx passes it on: a stage's ARG SOURCE_DATE_EPOCH shows it to RUN.
                 request = replace(request, build_args={**request.build_args, EPOCH: str(epoch)})
             _check_limits(request)
+            for name in request.cache_from:
+                self.import_cache(name, request)
             marked = frozenset[int]()  # first lines of the instructions marked #!COMMIT
             if request.layering.explicit:
                 document, marked = load_marked(dockerfile_path, str(dockerfile_path))
@@ -222,6 +229,40 @@ class Builder:
                 image = self._commit(state, replace(request, tags=()), run.build_time())
             tags = [Reference.parse(t) for t in request.tags]
             return merge_layers(self.store, image.manifest_digest, groups, tags=tags)
+
+    def import_cache(self, name: str, request: BuildRequest) -> None:
+        """Take the inline cache of image ``name`` (from the store, else its registry) into
+        this store's step cache, so that steps with the same keys reuse its layers, as
+        ``--cache-from`` does with BuildKit's inline cache. A missing image or one without
+        a cache is a warning, as in docker: the build goes on without it."""
+        try:
+            image = self.store.image(name)
+        except KilnError:
+            try:
+                image = self.pull(name, request.platform or Platform.host(), request)
+            except KilnError as err:
+                self.output(f"warning: --cache-from {name}: {err}")
+                return
+        entries = image.config.get(INLINE_CACHE)
+        if not isinstance(entries, list) or not entries:
+            self.output(f"warning: --cache-from {name}: the image carries no inline cache "
+                        "(build it with --build-arg BUILDKIT_INLINE_CACHE=1)")  # fmt: skip
+            return
+        layers, diff_ids = image.layers, image.diff_ids
+        for key, index in entries:
+            if index < 0:
+                self.store.remember_layer(key, "", 0, image.created)
+                continue
+            diff_id = diff_ids[index]
+            if not self.store.has_blob(diff_id):  # pulled compressed: steps use it unpacked
+                blob = self.store.blob_path(layers[index].digest)
+                with open_decompressed(blob) as stream:
+                    self.store.put_blob_stream(
+                        lambda out: shutil.copyfileobj(stream, out), expected=diff_id
+                    )
+            size = os.path.getsize(self.store.blob_path(diff_id))
+            self.store.remember_layer(key, diff_id, size, image.created)
+        self.output(f"cache from {name}: {len(entries)} steps")
 
     def _resolve_base(
         self, name: str, platform: Platform, request: BuildRequest
@@ -268,7 +309,7 @@ class Builder:
         for entry in state.history:
             if entry.get("created") is None:
                 entry["created"] = created
-        image_config = {
+        image_config: dict[str, object] = {
             "architecture": state.platform.architecture,
             "os": state.platform.os,
             **({"variant": state.platform.variant} if state.platform.variant else {}),
@@ -278,6 +319,8 @@ class Builder:
             "rootfs": {"type": "layers", "diff_ids": list(state.diff_ids)},
             "history": state.history,
         }
+        if _wants_inline_cache(request):
+            image_config[INLINE_CACHE] = [[key, index] for key, index in state.cache]
         config_bytes = canonical_json(image_config)
         digest = self.store.put_blob(config_bytes)
         manifest = image_manifest(Descriptor(CONFIG, digest, len(config_bytes)), state.layers)
@@ -494,6 +537,7 @@ class _Run:
             self.store.remember_layer(key, diff_id, size, self.started)
             self.fresh = True
             self.add_layer(state, entry, diff_id, size)
+        state.cache.append((key, len(state.layers) - 1 if diff_id else -1))
         state.key = sha256_digest(f"{state.key} {key}".encode()) if linked else key
 
     def run_linked(
@@ -1112,6 +1156,16 @@ def _checked_volumes(request: BuildRequest) -> tuple[Volume, ...]:
     if checked and (request.isolation or default_isolation()) != "oci":
         raise KilnError("--volume needs the oci isolation (runc)")
     return tuple(checked)
+
+
+INLINE_CACHE = "kiln.cache.v1"  # the image config's field for its inline cache
+
+
+def _wants_inline_cache(request: BuildRequest) -> bool:
+    """BUILDKIT_INLINE_CACHE=1 asks for it, as with BuildKit. An image whose layers are
+    regrouped afterwards (--squash...) has no layer per step to point at, so none."""
+    wanted = request.build_args.get("BUILDKIT_INLINE_CACHE", "").lower() in ("1", "true")
+    return wanted and not request.layering.active
 
 
 def _is_for(image: StoredImage, platform: Platform) -> bool:

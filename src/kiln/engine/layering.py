@@ -41,6 +41,11 @@ class Layering:
     explicit: bool = False
     splits: tuple[int, ...] = ()
 
+    @property
+    def active(self) -> bool:
+        """Whether the built image's layers are regrouped at all."""
+        return self.squash or self.explicit or bool(self.splits)
+
 
 def load_marked(path: Path, display_name: str) -> tuple[Dockerfile, frozenset[int]]:
     """The Dockerfile at ``path`` and the first lines of the instructions marked
