@@ -17,6 +17,7 @@ from kiln.engine.executor import Volume
 from kiln.errors import KilnError
 from kiln.outputs import export, parse_output
 from tests.api.support import context
+from tests.engines import DockerEngine
 from tests.registries import Registry
 
 pytestmark = pytest.mark.skipif(
@@ -134,8 +135,11 @@ def test_volumes_are_seen_by_run_and_never_stored(client: Client, tmp_path: Path
               container_client=client)  # fmt: skip
     with pytest.raises(ConfigError, match="expected source:destination"):
         build(path=str(ctx), volumes=f"{host}", container_client=client)
-    with pytest.raises(NotSupported, match="SELinux"):
-        build(path=str(ctx), volumes=[f"{host}:/srv:z"], container_client=client)
+    (host / "out" / "result").unlink()
+    relabelled = [f"{host / 'extra.repo'}:/etc/extra.repo:z", f"{host / 'data'}:/srv/data:Z",
+                  f"{host / 'out'}:/srv/out:z"]  # fmt: skip
+    build(path=str(ctx), volumes=relabelled, cache=False, container_client=client)
+    assert (host / "out" / "result").read_text() == "back\n"  # z, Z: read-write, as rw
     with pytest.raises(BuildError, match="nowhere does not exist"):
         build(path=str(ctx), volumes=[f"{host}/nowhere:/srv"], container_client=client)
 
@@ -267,3 +271,26 @@ def test_bad_configs_are_clear_errors(client: Client, tmp_path: Path) -> None:
         build(path=str(ctx), config=[{}, listed], container_client=client)
     with pytest.raises(KilnError, match="either path or fileobj"):
         build(container_client=client)
+
+
+def test_a_docker_engine_as_container_client_builds_there(
+    client: Client, tmp_path: Path, docker_engine: DockerEngine
+) -> None:
+    import docker
+
+    archive = tmp_path / "busybox.tar"
+    archive.write_bytes(b"".join(client.images.get("busybox:base").save(named=True)))
+    docker_engine.run("load", "-i", str(archive))
+    ctx = context(tmp_path, "FROM busybox:base\nARG WHO\nRUN echo $WHO > /who\n")
+    engine = docker.DockerClient(base_url=docker_engine.host)
+    try:
+        image = build(path=str(ctx), tag="incubated:1", buildargs={"WHO": "docker"},
+                      labels={"via": "engine"}, container_client=engine)  # fmt: skip
+        assert any("Successfully built" in str(e.get("stream", "")) for e in image.logs)
+        inspected = json.loads(docker_engine.run("image", "inspect", "incubated:1"))[0]
+        assert inspected["Id"] == image.id and inspected["Config"]["Labels"]["via"] == "engine"
+        assert docker_engine.run("run", "--rm", "incubated:1", "cat", "/who") == "docker\n"
+        with pytest.raises(NotSupported, match="need kiln's native builder"):
+            build(path=str(ctx), volumes=[f"{tmp_path}:/srv"], container_client=engine)
+    finally:
+        engine.close()

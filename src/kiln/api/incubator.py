@@ -13,7 +13,8 @@ This keeps its entry point, with its arguments meaning what they meant there:
   long-lived container and mean nothing here. Unlike incubator, ``pull=False``, ``rm=False``
   and ``forcerm=False`` count as not given, so they do not undo a config's ``True``.
 - ``volumes``: ``source:destination[:mode]`` strings (mode ``ro`` or ``rw``) or
-  ``kiln.engine.executor.Volume`` objects: bound into every RUN step, never in the image.
+  ``kiln.engine.executor.Volume`` objects: bound into every RUN step, never in the image
+  (``z``/``Z`` mean ``rw``: RUN steps carry no SELinux label to relabel for).
 - ``container_limits``: docker-py's ``memory``, ``memswap``, ``cpushares`` and
   ``cpusetcpus``, the cgroup limits of every RUN step (the oci isolation only).
 - ``layers``: incubator's layer splits, numbers of the Dockerfile's instructions (0-based,
@@ -24,7 +25,9 @@ This keeps its entry point, with its arguments meaning what they meant there:
   caches its own layer: the image's layers are merged after the build.
 - ``cache``: True or None use kiln's layer cache, False builds every step afresh. (incubator
   took a cache object, whose implementation was an empty stub.)
-- ``container_client``: a native ``kiln.api.Client``, whose store the image goes into.
+- ``container_client``: a native ``kiln.api.Client``, whose store the image goes into; or,
+  as in incubator, a Docker engine (``docker.DockerClient`` or ``Client(backend="docker")``),
+  which then builds it (``volumes`` and ``layers`` need the native builder).
 - The result is a ``kiln.api.Image`` with incubator's ``id`` and ``logs`` (docker-py's log
   entries here, not incubator's per-instruction objects).
 """
@@ -100,9 +103,9 @@ def build(
     labels: Mapping[str, str] | None = None,
     config: ConfigSource | Sequence[ConfigSource] | None = None,
     context_file_limit: int | None = None,
-    container_client: Client | None = None,
+    container_client: Any = None,  # a kiln.api.Client, or a docker.DockerClient
     cache: bool | None = None,
-) -> ResultImage:
+) -> Any:  # a ResultImage; docker-py's Image (with .logs) on a Docker engine
     """Build an image as incubator's ``build`` did (see the module's docstring).
 
     ``path`` is a context directory; ``fileobj`` a Dockerfile, or with ``custom_context`` a
@@ -134,8 +137,11 @@ def build(
     if cache is not None and not isinstance(cache, bool):
         raise NotSupported("build: cache takes True, False or None (kiln's layer cache)")
     client = Client() if container_client is None else container_client
-    if not isinstance(client, Client) or client.store is None:
-        raise NotSupported("build: container_client must be a native kiln.api.Client")
+    engine = _docker_engine(client)
+    if engine is None and (not isinstance(client, Client) or client.store is None):
+        raise NotSupported(
+            "build: container_client must be a kiln.api.Client or a docker.DockerClient"
+        )
     limit = settings.get("context_file_limit") or 0
     if limit < 0:
         raise ConfigError(f"build: context_file_limit must be a number of bytes, not {limit!r}")
@@ -145,10 +151,18 @@ def build(
     for name in tags:
         Reference.parse(name)  # a bad tag fails before the build, not after
     binds = [_volume(v) for v in settings.get("volumes", [])]
+    if engine is not None and (binds or splits):
+        raise NotSupported(
+            "build: volumes and layers need kiln's native builder: a Docker engine's build "
+            "has no build-time mounts and makes a layer per instruction"
+        )
     with tempfile.TemporaryDirectory(prefix="kiln-incubator-") as scratch:
         if fileobj is not None:
             path = str(_context(fileobj, custom_context, limit, Path(scratch)))
             dockerfile = dockerfile if custom_context else None
+        if engine is not None:
+            return _build_on_engine(engine, path, tags, cache, settings, dockerfile)
+        assert isinstance(client, Client) and client.store is not None
         stored, log = build_native(
             client.store,
             path=path,
@@ -169,6 +183,42 @@ def build(
         client.store.tag(stored.manifest_digest, Reference.parse(extra))
         log.append({"stream": f"Successfully tagged {extra}\n"})
     return ResultImage(client.images, client.store.image(stored.manifest_digest), log)
+
+
+def _docker_engine(client: object) -> Any:
+    """The docker-py client behind ``container_client``, if it names a Docker engine (as
+    incubator's always did): a ``docker.DockerClient`` or ``Client(backend="docker")``."""
+    if isinstance(client, Client):
+        return client.engine if client.store is None else None
+    module = type(client).__module__
+    return client if module.split(".")[0] == "docker" else None
+
+
+def _build_on_engine(
+    engine: Any,
+    path: str | None,
+    tags: list[str],
+    cache: bool | None,
+    settings: Mapping[str, Any],
+    dockerfile: str | None,
+) -> Any:
+    """The build on a Docker engine, through kiln's context tar; docker-py's ``Image``
+    with incubator's ``logs``."""
+    from kiln.api.docker_backend import DockerImageCollection
+
+    image, log = DockerImageCollection(engine).build(
+        path=path, tag=tags[0] if tags else None, nocache=cache is False,
+        pull=bool(settings.get("pull")), rm=bool(settings.get("rm", True)),
+        forcerm=bool(settings.get("forcerm")), dockerfile=dockerfile,
+        buildargs={k: str(v) for k, v in settings.get("buildargs", {}).items()},
+        labels={k: str(v) for k, v in settings.get("labels", {}).items()},
+        container_limits=settings.get("container_limits"),
+    )  # fmt: skip
+    for extra in tags[1:]:
+        reference = Reference.parse(extra)
+        image.tag(f"{reference.registry}/{reference.repository}", reference.tag)
+    image.logs = list(log)
+    return image
 
 
 def _merged(config: ConfigSource | Sequence[ConfigSource] | None) -> dict[str, Any]:
@@ -236,16 +286,16 @@ def _merge(base: Any, other: Any) -> Any:
 
 
 def _volume(spec: str | Volume) -> Volume:
-    """incubator's ``source:destination[:mode]`` (modes ro, rw; z and Z relabel for SELinux)."""
+    """incubator's ``source:destination[:mode]``: modes ro and rw; z and Z, which relabel
+    the source for an SELinux-confined container, mean rw here: kiln's RUN steps run with
+    no SELinux label, so there is nothing to relabel for."""
     if isinstance(spec, Volume):
         return spec
     parts = str(spec).split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise ConfigError(f"volume {spec!r}: expected source:destination[:mode]")
     mode = parts[2] if len(parts) == 3 else "rw"
-    if mode in ("z", "Z"):
-        raise NotSupported(f"volume {spec!r}: SELinux relabelling ({mode}) is not supported yet")
-    if mode not in ("ro", "rw"):
+    if mode not in ("ro", "rw", "z", "Z"):
         raise ConfigError(f"volume {spec!r}: mode must be ro, rw, z or Z")
     return Volume(Path(parts[0]), parts[1], readonly=mode == "ro")
 
