@@ -182,3 +182,59 @@ def test_a_cache_mount_outlives_the_build_until_pruned(kiln_root: Path, tmp_path
     assert "Deleted 1 cache mount(s)" in pruned
     third = build("--build-arg", "N=3", "-t", "app:c3", str(ctx))
     assert third.exit_code == 0 and "#2 fetched" in third.output
+
+
+def test_bind_mounts_from_a_stage_and_an_image_and_cache_mount_ownership(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base AS builder\nRUN mkdir /out && echo artifact > /out/x\n"
+        "FROM busybox:base\n"
+        "RUN --mount=type=bind,from=builder,source=/out,target=/in cat /in/x > /from-stage\n"
+        "RUN --mount=type=bind,from=busybox:base,source=/etc/passwd,target=/p head -1 /p > /u\n"
+        "RUN --mount=type=bind,from=builder,source=/out,target=/w,rw echo changed > /w/x "
+        "&& cat /w/x > /rw\n"
+        "RUN --mount=type=cache,target=/c,uid=65534,gid=65534,mode=0700,id=owned "
+        "stat -c %u:%g:%a /c > /cache-owner\n"
+        "COPY --from=builder /out/x /still\n",
+    )
+    result = build("-t", "app:from", str(ctx))
+    assert result.exit_code == 0, result.output
+    rootfs = unpack(kiln_root, "from", tmp_path)
+    assert (rootfs / "from-stage").read_text() == "artifact\n"
+    assert (rootfs / "u").read_text().startswith("root:x:0:0:")
+    assert (rootfs / "rw").read_text() == "changed\n"
+    assert (rootfs / "still").read_text() == "artifact\n"  # the rw bind's write was thrown away
+    assert (rootfs / "cache-owner").read_text() == "65534:65534:700\n"
+    for path in ("in", "p", "w", "c"):
+        assert not (rootfs / path).exists(), path
+
+
+@pytest.mark.parametrize("sharing", ["shared", "private", "locked"])
+def test_cache_mount_sharing_between_steps_running_at_once(
+    kiln_root: Path, tmp_path: Path, sharing: str
+) -> None:
+    # Two stages run at the same time; each writes its name into the cache, waits, and
+    # reads it back. shared: one directory, so the later write wins for both. private: each
+    # step gets a directory no other running step holds. locked: one waits for the other.
+    step = (
+        "RUN --mount=type=cache,target=/c,id=together,sharing={s} "
+        "echo {name} > /c/owner && sleep 2 && cat /c/owner > /seen\n"
+    )
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base AS a\n" + step.format(s=sharing, name="a")
+        + "FROM busybox:base AS b\n" + step.format(s=sharing, name="b")
+        + "FROM busybox:base\nCOPY --from=a /seen /a\nCOPY --from=b /seen /b\n",
+    )  # fmt: skip
+    result = build("-t", f"app:{sharing}", str(ctx))
+    assert result.exit_code == 0, result.output
+    rootfs = unpack(kiln_root, sharing, tmp_path)
+    seen = ((rootfs / "a").read_text().strip(), (rootfs / "b").read_text().strip())
+    if sharing == "shared":
+        assert seen[0] == seen[1]  # both read the one file the later write left
+    else:
+        assert seen == ("a", "b")
+    caches = sorted(p.name for p in (kiln_root / "cache-mounts").iterdir() if p.is_dir())
+    assert len(caches) == (2 if sharing == "private" else 1)

@@ -800,6 +800,33 @@ class _Run:
                     mounts.append(self.runtime_mount(instruction, mount, stack, env))
             self.run_process(state, step, rootfs, args, env, [*volumes, *(m for m in mounts if m)])
 
+    def cache_mount(self, mount: Mount, target: str, stack: ExitStack) -> Path:
+        """The directory a cache mount binds, kept across builds under the store. Sharing as
+        BuildKit's: ``shared`` steps use it at once; ``locked`` ones wait their turn;
+        ``private`` ones each get a directory no running step holds (the cache's own if
+        it is free, else another copy of it, made empty)."""
+        base = sha256_digest((mount.cache_id or target).encode())[7:39]
+        caches = self.store.root / "cache-mounts"
+        number = 0
+        while True:
+            directory = caches / (f"{base}-{number}" if number else base)
+            number += 1
+            if not directory.exists():
+                directory.mkdir(parents=True, exist_ok=True)
+                os.chmod(directory, mount.mode if mount.mode is not None else 0o755)
+                os.chown(directory, mount.uid or 0, mount.gid or 0)
+            if mount.sharing not in ("locked", "private"):
+                return directory
+            lock = stack.enter_context(open(directory.with_suffix(".lock"), "w"))  # noqa: SIM115
+            if mount.sharing == "locked":
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                return directory
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return directory
+            except BlockingIOError:
+                continue  # a running step holds this one: the next
+
     def redact(self, text: str) -> str:
         for value in self.secret_values:
             text = text.replace(value, "****")
@@ -872,15 +899,7 @@ class _Run:
         not required) or exposed as a variable only."""
         target = mount.target
         if mount.type == "cache":
-            key = mount.cache_id or target
-            directory = self.store.root / "cache-mounts" / sha256_digest(key.encode())[7:39]
-            if not directory.exists():
-                directory.mkdir(parents=True)
-                os.chmod(directory, mount.mode if mount.mode is not None else 0o755)
-                os.chown(directory, mount.uid or 0, mount.gid or 0)
-            if mount.sharing == "locked":
-                lock = stack.enter_context(open(directory.with_suffix(".lock"), "w"))  # noqa: SIM115
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            directory = self.cache_mount(mount, target, stack)
             return RuntimeMount(target, "bind", str(directory), ("rbind", "rw"))
         if mount.type == "tmpfs":
             size = (f"size={mount.size_limit}",) if mount.size_limit else ()
