@@ -11,12 +11,15 @@ the mount, every run pays the full cost.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_build import busybox_rootfs
 
 KILN = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "kiln")
 STEP = (
@@ -25,19 +28,6 @@ STEP = (
     "sha256sum {cache}/downloads > {cache}/downloads.sum; fi; "
     "sha256sum -c {cache}/downloads.sum > /dev/null && echo $N > /n"
 )
-
-
-def busybox_rootfs(root: Path) -> None:
-    busybox = shutil.which("busybox")
-    assert busybox, "busybox-static is needed"
-    (root / "bin").mkdir(parents=True)
-    (root / "tmp").mkdir(mode=0o1777)
-    shutil.copy2(busybox, root / "bin" / "busybox")
-    for applet in subprocess.run(
-        [busybox, "--list"], capture_output=True, text=True
-    ).stdout.split():
-        if applet != "busybox":
-            (root / "bin" / applet).symlink_to("busybox")
 
 
 def build(env: dict[str, str], context: Path, n: int) -> float:

@@ -7,7 +7,6 @@ import email.utils
 import hashlib
 import io
 import os
-import shutil
 import socket
 import subprocess
 import tarfile
@@ -22,20 +21,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kiln.cli.main import cli
-from tests.engine.test_build import context, invoke, unpack
+from tests.engine.support import NEEDS_RUNC, context, invoke, unpack
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("runc") is None or os.geteuid() != 0,
-    reason="building needs root and runc (.ci/run installs it)",
-)
-
-
-@pytest.fixture
-def kiln_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> Path:
-    root = tmp_path / "kiln-root"
-    monkeypatch.setenv("KILN_ROOT", str(root))
-    invoke("import", str(busybox_rootfs), "busybox:base")
-    return root
+pytestmark = NEEDS_RUNC
 
 
 LAST_MODIFIED = 1_600_000_000  # 2020-09-13

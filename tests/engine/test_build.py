@@ -16,50 +16,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from kiln.cli.main import cli
+from tests.engine.support import NEEDS_RUNC, context, invoke, unpack
 from tests.engines import DockerEngine
 from tests.processes import mounts_under, processes, wait_for_process
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("runc") is None or os.geteuid() != 0,
-    reason="building needs root and runc (.ci/run installs it)",
-)
-
-
-@pytest.fixture
-def kiln_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> Path:
-    root = tmp_path / "kiln-root"
-    monkeypatch.setenv("KILN_ROOT", str(root))
-    invoke("import", str(busybox_rootfs), "busybox:base")
-    return root
-
-
-def invoke(*args: str) -> Result:
-    result = CliRunner().invoke(cli, list(args))
-    assert result.exit_code == 0, result.stderr or result.output
-    return result
-
-
-def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    root = tmp_path / "context"
-    root.mkdir(exist_ok=True)
-    (root / "Dockerfile").write_text(dockerfile)
-    for name, content in (files or {}).items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(content)
-    return root
-
-
-def unpack(kiln_root: Path, tag: str, tmp_path: Path) -> Path:
-    bundle = tmp_path / f"bundle-{tag}"
-    subprocess.run(
-        ["umoci", "unpack", "--image", f"{kiln_root}:{tag}", str(bundle)],
-        check=True,
-        capture_output=True,
-    )
-    return bundle / "rootfs"
+pytestmark = NEEDS_RUNC
 
 
 def layer_names(kiln_root: Path, tag: str) -> list[list[str]]:

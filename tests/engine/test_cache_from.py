@@ -4,8 +4,6 @@ BUILDKIT_INLINE_CACHE=1 and pushed to a registry, as BuildKit's inline cache doe
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,11 @@ from click.testing import CliRunner
 
 from kiln.api import Client
 from kiln.cli.main import cli
-from tests.engine.test_build import context, invoke, unpack
+from tests.engine.support import NEEDS_RUNC, context, invoke, unpack
 from tests.registries import Registry
 from tests.workflow.support import publish_busybox
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("runc") is None or os.geteuid() != 0,
-    reason="building needs root and runc (.ci/run installs it)",
-)
+pytestmark = NEEDS_RUNC
 
 STEPS = (
     "COPY app.txt /app.txt\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -18,14 +17,9 @@ import pytest
 from kiln.api import BuildError, Client
 from kiln.api.incubator import build as incubator_build
 from kiln.store import Store
-from tests.engine.test_build import context, invoke, kiln_root, unpack
+from tests.engine.support import NEEDS_RUNC, context, invoke, unpack
 
-__all__ = ["kiln_root"]  # the fixture, used by name
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("runc") is None or os.geteuid() != 0,
-    reason="building needs root and runc (.ci/run installs it)",
-)
+pytestmark = NEEDS_RUNC
 
 # Instructions 0 to 8, in incubator's numbering. Step 4 deletes a base file and directory
 # and a file step 1 made; step 7 replaces a directory step 2 copied and makes a hard link.

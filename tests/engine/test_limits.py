@@ -5,7 +5,6 @@ network a step gets (``--network none``)."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,15 @@ from kiln.api.incubator import build as incubator_build
 from kiln.cli.main import cli
 from kiln.reference import Reference
 from kiln.store.transfer import import_rootfs
-from tests.engine.test_build import context, invoke
+from tests.engine.support import NEEDS_RUNC, context, invoke
 from tests.engines import DockerEngine
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("runc") is None or os.geteuid() != 0,
-    reason="building needs root and runc (.ci/run installs it)",
-)
+pytestmark = NEEDS_RUNC
 
 # Holds 100 MiB: busybox tail keeps the whole last "line", and /dev/zero has no newline.
 GREEDY = "head -c 100m /dev/zero | tail > /dev/null"
 LAST_CPU = str(max(os.sched_getaffinity(0)))
 V1_CGROUPS = Path("/sys/fs/cgroup/cpu/cpu.shares").exists()
-
-
-@pytest.fixture
-def kiln_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> Path:
-    root = tmp_path / "kiln-root"
-    monkeypatch.setenv("KILN_ROOT", str(root))
-    invoke("import", str(busybox_rootfs), "busybox:base")
-    return root
 
 
 @pytest.fixture

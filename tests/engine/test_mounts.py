@@ -17,20 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kiln.cli.main import cli
-from tests.engine.test_build import context, invoke, unpack
+from tests.engine.support import NEEDS_RUNC, context, invoke, unpack
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("runc") is None or os.geteuid() != 0,
-    reason="building needs root and runc (.ci/run installs it)",
-)
-
-
-@pytest.fixture
-def kiln_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> Path:
-    root = tmp_path / "kiln-root"
-    monkeypatch.setenv("KILN_ROOT", str(root))
-    invoke("import", str(busybox_rootfs), "busybox:base")
-    return root
+pytestmark = NEEDS_RUNC
 
 
 def build(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -5,7 +5,6 @@ a way to get an emulator."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,13 +13,10 @@ import pytest
 from kiln.oci.objects import INDEX, canonical_json
 from kiln.platform import Platform, runs_here
 from kiln.registry import RegistryClient
-from tests.engine.test_build import context, invoke, unpack
+from tests.engine.support import NEEDS_RUNC, context, invoke, unpack
 from tests.registries import Registry
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("runc") is None or os.geteuid() != 0,
-    reason="building needs root and runc (.ci/run installs it)",
-)
+pytestmark = NEEDS_RUNC
 
 
 @pytest.fixture

@@ -1,0 +1,47 @@
+"""What the build tests share: the kiln CLI in-process, contexts, umoci's view of an image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kiln.cli.main import cli
+
+NEEDS_RUNC = pytest.mark.skipif(
+    shutil.which("runc") is None or os.geteuid() != 0,
+    reason="building needs root and runc (.ci/run installs it)",
+)
+
+
+def invoke(*args: str) -> Result:
+    """``kiln ARGS`` in this process; it must succeed."""
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.stderr or result.output
+    return result
+
+
+def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    """A build context: the Dockerfile and ``files``."""
+    root = tmp_path / "context"
+    root.mkdir(exist_ok=True)
+    (root / "Dockerfile").write_text(dockerfile)
+    for name, content in (files or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
+    return root
+
+
+def unpack(kiln_root: Path, tag: str, tmp_path: Path) -> Path:
+    """The root filesystem of the store's image tagged ``tag``, as umoci unpacks it."""
+    bundle = tmp_path / f"bundle-{tag}"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{kiln_root}:{tag}", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    return bundle / "rootfs"
