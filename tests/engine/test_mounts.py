@@ -204,12 +204,17 @@ def test_bind_mounts_from_a_stage_and_an_image_and_cache_mount_ownership(
 def test_cache_mount_sharing_between_steps_running_at_once(
     kiln_root: Path, tmp_path: Path, sharing: str
 ) -> None:
-    # Two stages run at the same time; each writes its name into the cache, waits, and
-    # reads it back. shared: one directory, so the later write wins for both. private: each
-    # step gets a directory no other running step holds. locked: one waits for the other.
+    # Two stages run at the same time. Each writes its name into the cache and reads it
+    # back once both have written (they meet through a --volume): shared, one directory,
+    # so both read the same name; private, a directory each. locked: one step waits for the
+    # other to finish, so they do not meet, and each reads its own name.
+    meet = "" if sharing == "locked" else (
+        "touch /sync/{name} && i=0; while [ ! -f /sync/a ] || [ ! -f /sync/b ]; do "
+        "sleep 0.1; i=$((i+1)); [ $i -lt 300 ] || exit 9; done && "
+    )  # fmt: skip
     step = (
         "RUN --mount=type=cache,target=/c,id=together,sharing={s} "
-        "echo {name} > /c/owner && sleep 2 && cat /c/owner > /seen\n"
+        "echo {name} > /c/owner && " + meet + "sleep 0.5 && cat /c/owner > /seen\n"
     )
     ctx = context(
         tmp_path,
@@ -217,7 +222,8 @@ def test_cache_mount_sharing_between_steps_running_at_once(
         + "FROM busybox:base AS b\n" + step.format(s=sharing, name="b")
         + "FROM busybox:base\nCOPY --from=a /seen /a\nCOPY --from=b /seen /b\n",
     )  # fmt: skip
-    result = build("-t", f"app:{sharing}", str(ctx))
+    (tmp_path / "sync").mkdir()
+    result = build("-v", f"{tmp_path / 'sync'}:/sync", "-t", f"app:{sharing}", str(ctx))
     assert result.exit_code == 0, result.output
     rootfs = unpack(kiln_root, sharing, tmp_path)
     seen = ((rootfs / "a").read_text().strip(), (rootfs / "b").read_text().strip())
