@@ -55,6 +55,10 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEn
             daemon.kill()
             daemon.wait()
         log.close()
+        # dockerd leaves its default network namespace bound here; unbind it, or every
+        # run leaves a mount behind.
+        for mount in (short / "exec" / "netns").glob("*"):
+            subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
         shutil.rmtree(short, ignore_errors=True)
 
 
