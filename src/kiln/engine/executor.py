@@ -131,7 +131,7 @@ class BuildRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     network: str = "host"
     no_cache: bool = False
-    isolation: str | None = None  # "oci" or "chroot"; None: oci where runc is installed
+    isolation: str | None = None  # "oci" or "chroot"; None: default_isolation(), once a build
     secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=NAME,src=FILE
     ssh: Mapping[str, Path] = field(default_factory=dict)  # --ssh ID=AGENT_SOCKET
     pull: bool = False  # check the registry for a newer base image even if one is stored
@@ -197,6 +197,8 @@ class Builder:
         if scan is None:
             scan = ContextScan(request.context, ignore.matcher if ignore else None)
         with scan:
+            # Resolved once: every RUN step, and the checks below, go by the same answer.
+            request = replace(request, isolation=request.isolation or default_isolation())
             request = replace(request, volumes=_checked_volumes(request))
             epoch = source_date_epoch(request.build_args)
             if epoch is not None and EPOCH not in request.build_args:
@@ -1153,7 +1155,7 @@ class _Run:
 def _check_limits(request: BuildRequest) -> None:
     """Resource limits that make sense and can be enforced, refused before any step runs."""
     request.limits.check()
-    if request.limits and (request.isolation or default_isolation()) != "oci":
+    if request.limits and request.isolation != "oci":
         raise KilnError(LIMITS_NEED_OCI)
 
 
@@ -1172,7 +1174,7 @@ def _checked_volumes(request: BuildRequest) -> tuple[Volume, ...]:
         if not os.path.exists(volume.source):
             raise KilnError(f"{name}: {volume.source} does not exist")
         checked.append(replace(volume, source=volume.source.absolute(), target=target))
-    if checked and (request.isolation or default_isolation()) != "oci":
+    if checked and request.isolation != "oci":
         raise KilnError("--volume needs the oci isolation (runc)")
     return tuple(checked)
 

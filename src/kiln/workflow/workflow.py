@@ -25,7 +25,14 @@ from kiln.reference import Reference
 from kiln.workflow.description import BuildDescription, RegistrySpec
 from kiln.workflow.dockerfile import EditableDockerfile
 from kiln.workflow.engines import BuildSpec, ImageEngine
-from kiln.workflow.plugin import Phase, Plugin, PluginError, PluginRegistry, parse_args
+from kiln.workflow.plugin import (
+    Phase,
+    Plugin,
+    PluginError,
+    PluginRegistry,
+    PluginSpec,
+    parse_args,
+)
 from kiln.workflow.results import BuildResults, PluginRun, PushedImage, to_data
 from kiln.workflow.source import Source, prepare_source
 
@@ -101,8 +108,6 @@ class BuildWorkflow:
     def _configure(self, phase: Phase) -> list[_Configured]:
         specs = list(self.description.plugins.get(phase, ()))
         if phase is Phase.BUILD and not specs:
-            from kiln.workflow.plugin import PluginSpec
-
             specs = [PluginSpec("build")]
         configured = []
         for spec in specs:
