@@ -23,6 +23,7 @@ import pytest
 
 from tests.debootstrap import debootstrap_tar
 from tests.engines import DOCKER_CLIENT, DockerEngine
+from tests.processes import kiln_command
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KILN_TEST_CACHE", "/var/cache/kiln-tests"))
@@ -32,17 +33,6 @@ BASE_IMAGE = "kiln-test/buildroot-base:bookworm"
 IMAGE = "kiln-buildroot:test"
 # What pip installs in the image: kiln and its dependencies from the context's wheelhouse only.
 PIP_INSTALL = "--no-index --find-links /usr/src/kiln/wheels kiln"
-
-
-def kiln_command() -> str:
-    """The kiln of the interpreter running the tests (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).with_name("kiln")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("kiln")
-    if found is None:
-        pytest.skip("kiln is not installed in the tests' environment")
-    return found
 
 
 def base_tar(cache_dir: Path = CACHE) -> Path:

@@ -1,9 +1,25 @@
-"""Finding this machine's processes by command line, and mounts left behind."""
+"""kiln as a process of its own, finding this machine's processes by command line, and
+mounts left behind."""
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from pathlib import Path
+
+import pytest
+
+
+def kiln_command() -> str:
+    """The kiln of the interpreter running the tests (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("kiln")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("kiln")
+    if found is None:
+        pytest.skip("kiln is not installed in the tests' environment")
+    return found
 
 
 def processes(*argv: str) -> list[int]:

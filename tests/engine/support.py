@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,14 @@ def unpack(kiln_root: Path, tag: str, tmp_path: Path) -> Path:
         capture_output=True,
     )
     return bundle / "rootfs"
+
+
+def layer_names(kiln_root: Path, name: str) -> list[list[str]]:
+    """The paths in each of the image's layers above the base's (a one-layer base)."""
+    image = json.loads(invoke("inspect", name).stdout)[0]
+    manifest = json.loads((kiln_root / "blobs" / "sha256" / image["Manifest"][7:]).read_text())
+    names = []
+    for layer in manifest["layers"][1:]:
+        with tarfile.open(kiln_root / "blobs" / "sha256" / layer["digest"][7:]) as tar:
+            names.append(tar.getnames())
+    return names

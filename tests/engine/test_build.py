@@ -11,29 +11,17 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from kiln.cli.main import cli
-from tests.engine.support import NEEDS_RUNC, context, invoke, unpack
+from tests.engine.support import NEEDS_RUNC, context, invoke, layer_names, unpack
 from tests.engines import DockerEngine
-from tests.processes import mounts_under, processes, wait_for_process
+from tests.processes import kiln_command, mounts_under, processes, wait_for_process
 
 pytestmark = NEEDS_RUNC
-
-
-def layer_names(kiln_root: Path, tag: str) -> list[list[str]]:
-    image = json.loads(invoke("inspect", f"app:{tag}").stdout)[0]
-    manifest = json.loads((kiln_root / "blobs" / "sha256" / image["Manifest"][7:]).read_text())
-    names = []
-    for layer in manifest["layers"][1:]:
-        with tarfile.open(kiln_root / "blobs" / "sha256" / layer["digest"][7:]) as tar:
-            names.append(tar.getnames())
-    return names
 
 
 def test_run_copy_and_metadata(kiln_root: Path, tmp_path: Path) -> None:
@@ -64,7 +52,7 @@ def test_deletions_become_whiteouts_and_replaced_dirs_opaque(
         "RUN rm /bin/vi /keep && rm -rf /data && mkdir /data && echo new > /data/new\n",
     )
     invoke("build", "-t", "app:2", str(ctx))
-    first, second = layer_names(kiln_root, "2")
+    first, second = layer_names(kiln_root, "app:2")
     assert "data/old" in first
     assert {"bin/.wh.vi", ".wh.keep", "data/.wh..wh..opq", "data/new"} <= set(second)
     assert not any(name.startswith("etc") for name in first + second)  # no mount stubs
@@ -87,7 +75,7 @@ def test_directory_copies_into_new_deleted_and_existing_directories(
     (ctx / "src" / "sub").chmod(0o750)
     os.utime(ctx / "src" / "sub" / "b.txt", (1_000_000_000, 1_000_000_000))
     invoke("build", "-t", "app:copies", str(ctx))
-    *_, gone, kept, deep = layer_names(kiln_root, "copies")
+    *_, gone, kept, deep = layer_names(kiln_root, "app:copies")
     assert {"gone", "gone/a.txt", "gone/sub/b.txt"} <= set(
         gone
     )  # the whiteout below hides /gone/old
@@ -112,7 +100,7 @@ def test_an_empty_directory_recreated_under_a_deleted_one_is_kept(
         tmp_path, "FROM busybox:base\nRUN mkdir -p /d/e\nRUN rm -rf /d\nRUN mkdir -p /d/e\n"
     )
     invoke("build", "-t", "app:recreated", str(ctx))
-    *_, recreated = layer_names(kiln_root, "recreated")
+    *_, recreated = layer_names(kiln_root, "app:recreated")
     assert "d/e" in recreated
     assert (unpack(kiln_root, "recreated", tmp_path) / "d" / "e").is_dir()
 
@@ -380,7 +368,7 @@ def test_sigterm_stops_a_run_step_and_leaves_nothing_behind(
 ) -> None:
     ctx = context(tmp_path, "FROM busybox:base\nRUN sleep 6017\n")
     build = subprocess.Popen(
-        [str(Path(sys.executable).parent / "kiln"), "build", "--isolation", isolation,
+        [kiln_command(), "build", "--isolation", isolation,
          "-t", "app:stopped", str(ctx)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "KILN_ROOT": str(kiln_root)},
@@ -403,7 +391,7 @@ def test_a_failing_stage_stops_a_long_run_step_in_another(kiln_root: Path, tmp_p
         "FROM busybox:base\nCOPY --from=slow /etc/passwd /a\nCOPY --from=broken /etc/passwd /b\n",
     )
     build = subprocess.run(
-        [str(Path(sys.executable).parent / "kiln"), "build", "-t", "app:broken", str(ctx)],
+        [kiln_command(), "build", "-t", "app:broken", str(ctx)],
         capture_output=True, text=True, timeout=120,  # not the 6018 s the slow stage wants
         env={**os.environ, "KILN_ROOT": str(kiln_root)},
     )  # fmt: skip

@@ -4,11 +4,9 @@ that outlive a build until ``kiln prune --cache-mounts``."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,25 +15,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kiln.cli.main import cli
-from tests.engine.support import NEEDS_RUNC, context, invoke, unpack
+from tests.engine.support import NEEDS_RUNC, context, invoke, layer_names, unpack
 
 pytestmark = NEEDS_RUNC
 
 
 def build(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner(env=env).invoke(cli, ["build", "--progress", "plain", *args])
-
-
-def layer_names(kiln_root: Path, name: str) -> set[str]:
-    """Every path the image's own layers (not the base's) hold."""
-    image = invoke("inspect", name).stdout
-    manifest_digest = json.loads(image)[0]["Manifest"]
-    manifest = json.loads((kiln_root / "blobs/sha256" / manifest_digest[7:]).read_text())
-    names: set[str] = set()
-    for layer in manifest["layers"][1:]:
-        with tarfile.open(kiln_root / "blobs/sha256" / layer["digest"][7:]) as tar:
-            names.update(tar.getnames())
-    return names
 
 
 @pytest.fixture
@@ -80,7 +66,9 @@ def test_an_ssh_mount_forwards_the_agent_and_leaves_no_trace(
     rootfs = unpack(kiln_root, "ssh", tmp_path)
     assert (rootfs / "agent").read_text() == "type=12 keys=1\n"
     assert not any(
-        n.lstrip("./").startswith("run/buildkit") for n in layer_names(kiln_root, "app:ssh")
+        n.lstrip("./").startswith("run/buildkit")
+        for layer in layer_names(kiln_root, "app:ssh")
+        for n in layer
     )
     # SSH_AUTH_SOCK works as the default, and a required agent that is missing is an error.
     ctx = context(tmp_path, "FROM busybox:base\nRUN --mount=type=ssh,required=true true\n")

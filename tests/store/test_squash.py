@@ -35,6 +35,7 @@ from kiln.oci.objects import (
 from kiln.reference import Reference
 from kiln.store import SquashError, Store, StoredImage, StoreError, merge_layers, squash
 from kiln.store.transfer import save
+from tests.engine import support as engine_support
 from tests.engines import DockerEngine
 
 MTIME = 1_700_000_000
@@ -129,13 +130,7 @@ def unpack(store: Store, tag: str, tmp_path: Path) -> Path:
     """umoci's root filesystem of ``tag`` (the store's root is an OCI layout)."""
     if shutil.which("umoci") is None or os.geteuid() != 0:
         pytest.skip("umoci unpack needs umoci and root (.ci/run installs it)")
-    bundle = tmp_path / f"bundle-{tag}"
-    subprocess.run(
-        ["umoci", "unpack", "--image", f"{store.root}:{tag}", str(bundle)],
-        check=True,
-        capture_output=True,
-    )
-    return bundle / "rootfs"
+    return engine_support.unpack(store.root, tag, tmp_path)
 
 
 def tree(root: Path) -> tuple[dict[str, tuple[object, ...]], list[list[str]]]:

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from kiln.cli.main import cli
 from kiln.store import Store
 from kiln.workflow import BuildResults
 from tests.engines import DockerEngine
-from tests.processes import mounts_under, processes, wait_for_process
+from tests.processes import kiln_command, mounts_under, processes, wait_for_process
 from tests.registries import Registry
 from tests.workflow.support import git_repository, publish_busybox, skopeo_inspect
 
@@ -66,7 +65,7 @@ def test_the_documented_example_builds_tests_tags_and_pushes(
     repo, commit = example_repo
     (tmp_path / "build.json").write_text(json.dumps(example_description(repo, registry)))
     run = subprocess.run(
-        [str(Path(sys.executable).parent / "kiln"), "workflow", "run", "build.json",
+        [kiln_command(), "workflow", "run", "build.json",
          "--results", "results.json"],
         cwd=tmp_path, capture_output=True, text=True,
         env={**os.environ, "KILN_ROOT": str(kiln_root)},
@@ -221,7 +220,7 @@ def test_sigterm_during_a_run_step_cancels_the_workflow_and_runs_the_exit_plugin
         "exit_plugins: [{name: store_metadata, args: {path: meta.json}}]\n"
     )
     workflow = subprocess.Popen(
-        [str(Path(sys.executable).parent / "kiln"), "workflow", "run", "build.yaml"],
+        [kiln_command(), "workflow", "run", "build.yaml"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "KILN_ROOT": str(kiln_root)},
     )  # fmt: skip

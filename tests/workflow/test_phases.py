@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from kiln.workflow import (
     PluginRegistry,
 )
 from kiln.workflow.plugins import BUILTIN_PLUGINS
+from tests.processes import kiln_command
 
 ALL_PHASES = frozenset(Phase)
 
@@ -333,7 +333,7 @@ def test_a_signal_cancels_the_build_and_the_exit_plugins_still_run(
     source(tmp_path)
     ready = tmp_path / "ready"
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "kiln"), "workflow", "run", "build.yaml",
+        [kiln_command(), "workflow", "run", "build.yaml",
          "--results", "results.json"],
         cwd=tmp_path, env={**os.environ, "READY_FILE": str(ready)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
