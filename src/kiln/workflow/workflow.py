@@ -101,7 +101,6 @@ class BuildWorkflow:
         self._source: Source | None = None
         self._dockerfile: EditableDockerfile | None = None
         self._context: Path | None = None
-        self.image_id = ""
 
     # -- configuration -------------------------------------------------------------------
 
@@ -182,6 +181,11 @@ class BuildWorkflow:
         return name
 
     @property
+    def image_id(self) -> str:
+        """The built image's ID; "" before the build phase has made one."""
+        return self.results.image_id
+
+    @property
     def built_image(self) -> str:
         """The built image's ID; an error for plugins that run before there is one."""
         if not self.image_id:
@@ -190,7 +194,7 @@ class BuildWorkflow:
 
     def set_image(self, image_id: str, digest: str = "") -> None:
         """Make ``image_id`` the build's image (a build plugin's or a squash's result)."""
-        self.image_id = self.results.image_id = image_id
+        self.results.image_id = image_id
         self.results.image_digest = digest
         self._record_tags()
 
