@@ -151,11 +151,13 @@ def test_add_labels_from_configuration_and_from_the_git_source(
     assert before - 2 <= built <= time.time() + 2
 
 
+@pytest.mark.parametrize("ignore_file", [".dockerignore", "Dockerfile.dockerignore"])
 def test_add_dockerfile_puts_the_final_dockerfile_in_the_image_and_leaves_the_source(
-    store: Store, base: str, tmp_path: Path
+    store: Store, base: str, tmp_path: Path, ignore_file: str
 ) -> None:
+    # Whichever ignore file applies, it lets in only "a": the plugin's file still goes in.
     source = path_source(
-        tmp_path, f"FROM {base}\nCOPY a /a\n", {"a": "A", ".dockerignore": "*\n!a\n"}
+        tmp_path, f"FROM {base}\nCOPY a /a\n", {"a": "A", ignore_file: "*\n!a\n"}
     )
     listing = sorted(p.name for p in (tmp_path / "src").iterdir())
     results = ok(run(store, source, prebuild_plugins=[
@@ -167,7 +169,7 @@ def test_add_dockerfile_puts_the_final_dockerfile_in_the_image_and_leaves_the_so
     assert inside == f'FROM {base}\nCOPY a /a\nLABEL "x"="y"\n'
     assert results.plugin("add_dockerfile").result == {"path": "/root/buildinfo/Dockerfile-app-1"}  # type: ignore[union-attr]
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == listing
-    assert (tmp_path / "src" / ".dockerignore").read_text() == "*\n!a\n"
+    assert (tmp_path / "src" / ignore_file).read_text() == "*\n!a\n"
 
 
 def test_inject_files_are_seen_by_run_steps_and_absent_from_the_image(

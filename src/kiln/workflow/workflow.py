@@ -174,10 +174,18 @@ class BuildWorkflow:
         path = self.context / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        ignore = self.context / ".dockerignore"
-        if ignore.is_file():  # an ignore file must not hide what a plugin adds
-            with open(ignore, "a") as f:
-                f.write(f"\n!{name}\n")
+        # No ignore file may hide what a plugin adds: not the context's, not the one beside
+        # the source's Dockerfile (the Docker backend reads that), not the workflow's copy
+        # of it beside the edited Dockerfile (the native builder reads that).
+        beside = self.source.dockerfile.relative_to(self.source.context)
+        for ignore in (
+            self.context / ".dockerignore",
+            self.context / f"{beside}.dockerignore",
+            self.dockerfile.path.with_name(self.dockerfile.path.name + ".dockerignore"),
+        ):
+            if ignore.is_file():
+                with open(ignore, "a") as f:
+                    f.write(f"\n!{name}\n")
         return name
 
     @property
