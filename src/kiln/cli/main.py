@@ -663,9 +663,7 @@ def _build_source(
     if not tags:
         raise click.UsageError("--source needs -t NAME for the image")
     if source.startswith("git+"):
-        uri, _, ref = source.removeprefix("git+").rpartition("#") if "#" in source else (
-            source.removeprefix("git+"), "", ""
-        )  # fmt: skip
+        uri, _, ref = source.removeprefix("git+").partition("#")  # the fragment names the ref
         spec: dict[str, object] = {"provider": "git", "uri": uri,
                                    "provider_params": {"git_commit": ref}}  # fmt: skip
     else:
