@@ -908,14 +908,18 @@ class _Run:
             return RuntimeMount(target, "tmpfs", "tmpfs", ("nosuid", "nodev", *size))
         if mount.type == "bind":
             relative = os.path.normpath("/" + mount.source).lstrip("/")
+            throwaway = not mount.readonly  # writes to it are thrown away, as in BuildKit
             if mount.from_:
                 root = stack.enter_context(self.stage_mount(instruction, mount.from_))
                 source = root / relative
+            elif self.visible is not None:  # .dockerignore hides some of the context
+                source = self.context_view(relative, copy=throwaway)
+                throwaway = False  # the view is a copy already
             else:
-                source = self.context_view(relative, copy=not mount.readonly)
+                source = self.request.context.absolute() / relative
             if not os.path.lexists(source):
                 raise self.error(instruction, f"RUN --mount: {mount.source or '/'} not found")
-            if mount.from_ and not mount.readonly:  # writes are thrown away, as in BuildKit
+            if throwaway:
                 scratch = self.work / f"rw-{uuid.uuid4().hex[:8]}"
                 subprocess.run(["cp", "-a", "--", str(source), str(scratch)], check=True)
                 source = scratch
@@ -947,10 +951,10 @@ class _Run:
         raise self.error(instruction, f"RUN --mount=type={mount.type} is not supported by kiln yet")
 
     def context_view(self, relative: str, *, copy: bool) -> Path:
-        """What a bind mount of the context at ``relative`` shows: the files .dockerignore
-        lets through and nothing else, as BuildKit's context has them. Hard links where the
-        mount is read-only (nothing can be changed through it); copies for a writable
-        mount, whose writes are thrown away."""
+        """What a bind mount of the context at ``relative`` shows when .dockerignore hides
+        some of it: the files it lets through and nothing else, as BuildKit's context has
+        them. Hard links where the mount is read-only (nothing can be changed through it);
+        copies for a writable mount, whose writes are thrown away."""
         view = self.work / f"ctx-{uuid.uuid4().hex[:8]}"
         view.mkdir()
         context = self.request.context.absolute()
