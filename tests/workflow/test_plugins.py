@@ -156,9 +156,7 @@ def test_add_dockerfile_puts_the_final_dockerfile_in_the_image_and_leaves_the_so
     store: Store, base: str, tmp_path: Path, ignore_file: str
 ) -> None:
     # Whichever ignore file applies, it lets in only "a": the plugin's file still goes in.
-    source = path_source(
-        tmp_path, f"FROM {base}\nCOPY a /a\n", {"a": "A", ignore_file: "*\n!a\n"}
-    )
+    source = path_source(tmp_path, f"FROM {base}\nCOPY a /a\n", {"a": "A", ignore_file: "*\n!a\n"})
     listing = sorted(p.name for p in (tmp_path / "src").iterdir())
     results = ok(run(store, source, prebuild_plugins=[
         {"name": "add_labels_in_dockerfile", "args": {"labels": {"x": "y"}, "auto_labels": []}},
