@@ -13,6 +13,7 @@ import pytest
 
 from tests.debootstrap import debootstrap_tar
 from tests.engines import DOCKER_CLIENT, DockerEngine
+from tests.gitserver import git_server  # noqa: F401 -- a fixture for every test package
 from tests.registries import Registry, start_registry, write_htpasswd
 
 
@@ -112,3 +113,14 @@ def basic_auth_registry(tmp_path: Path) -> Iterator[Registry]:
     started = start_registry(tmp_path / "registry", htpasswd=htpasswd)
     yield started
     started.stop()
+
+
+@pytest.fixture
+def kiln_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> Path:
+    """``$KILN_ROOT`` for the test, holding ``busybox:base``."""
+    from tests.engine.support import invoke
+
+    root = tmp_path / "kiln-root"
+    monkeypatch.setenv("KILN_ROOT", str(root))
+    invoke("import", str(busybox_rootfs), "busybox:base")
+    return root

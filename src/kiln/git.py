@@ -17,19 +17,31 @@ class GitError(KilnError):
     """A repository, ref or commit that cannot be had."""
 
 
+def check_ref(uri: str, ref: str) -> None:
+    """Refuse a ref or URI that git could take for an option (``--upload-pack=CMD`` runs
+    CMD) or that no ref can be: they come from Dockerfiles and build descriptions."""
+    if uri.startswith("-") or any(c in uri for c in "\0\n\r"):
+        raise GitError(f"{uri!r} is not a repository URL")
+    if ref.startswith("-") or any(c.isspace() or not c.isprintable() for c in ref):
+        raise GitError(f"{ref!r} is not a branch, tag or commit")
+
+
 def fetch(uri: str, ref: str, root: Path) -> str:
     """Check ``uri`` out at ``ref`` (default: the remote's HEAD) into ``root``, shallowly
-    where the server allows it; the commit."""
+    where the server allows it; the commit. Every argument that comes from outside is
+    checked first and passed after ``--end-of-options`` (or ``--``)."""
+    check_ref(uri, ref)
     root.mkdir(parents=True)
     git(root, "init", "--quiet")
-    git(root, "remote", "add", "origin", uri)
-    shallow = git(root, "fetch", "--quiet", "--depth", "1", "origin", ref or "HEAD", check=False)
+    git(root, "remote", "add", "--", "origin", uri)
+    shallow = git(root, "fetch", "--quiet", "--depth", "1", "--end-of-options", "origin",
+                  ref or "HEAD", check=False)  # fmt: skip
     if shallow.returncode == 0:
         git(root, "checkout", "--quiet", "--detach", "FETCH_HEAD")
     else:
         # The server does not hand out that ref shallowly (an abbreviated or unadvertised
         # commit): fetch everything and resolve it here.
-        full = git(root, "fetch", "--quiet", "--tags", "origin",
+        full = git(root, "fetch", "--quiet", "--tags", "--end-of-options", "origin",
                    "+refs/heads/*:refs/remotes/origin/*", check=False)  # fmt: skip
         if full.returncode != 0:
             raise GitError(f"cannot fetch {uri}: {last_line(full.stderr)}")
@@ -37,7 +49,8 @@ def fetch(uri: str, ref: str, root: Path) -> str:
             raise GitError(f"cannot fetch {uri}: {last_line(shallow.stderr)}")
         target = next(
             (c for c in (f"origin/{ref}", ref) if git(
-                root, "rev-parse", "--verify", "--quiet", f"{c}^{{commit}}", check=False
+                root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{c}^{{commit}}",
+                check=False,
             ).returncode == 0),
             None,
         )  # fmt: skip
@@ -51,6 +64,7 @@ def resolve(uri: str, ref: str) -> str:
     """The commit ``ref`` (a branch, a tag, HEAD when empty, or a full commit id) names on
     the remote, asked with ``git ls-remote``: no objects fetched. An abbreviated commit id
     cannot be asked for this way; it comes back as it is, to be resolved by fetching."""
+    check_ref(uri, ref)
     if _COMMIT.fullmatch(ref):
         return ref
     wanted = ref or "HEAD"

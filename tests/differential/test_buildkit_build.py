@@ -70,6 +70,12 @@ CASES: dict[str, dict[str, Any]] = {
         "links": {"link-to-file": "real/file.txt", "real/dangling": "../nowhere"},
         "empty_dirs": ["empty", "real/empty-inside"],
     },
+    "symlinks-named-as-sources": {
+        "dockerfile": "FROM busybox:base\nCOPY link-to-file /f\nCOPY link-to-dir /d/\n"
+        "COPY link-to-dir/inner.txt /i\nCOPY link-* /g/\n",
+        "files": {"real/inner.txt": "inner"},
+        "links": {"link-to-file": "real/inner.txt", "link-to-dir": "real"},
+    },
     "directory-copies-into-new-deleted-and-existing-dirs": {
         "dockerfile": "FROM busybox:base\nRUN mkdir -p /gone/x /kept && echo o > /gone/x/o"
         " && echo k > /kept/k\nRUN rm -rf /gone\nCOPY src/ /gone/\nCOPY src/ /kept/\n"

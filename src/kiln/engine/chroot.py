@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kiln.engine.scope import in_scope
+from kiln.tree import Tree, proc_path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -60,18 +60,23 @@ def main(spec_path: str) -> int:
 
 def _enter(spec: dict[str, Any]) -> None:
     rootfs, bundle = str(spec["rootfs"]), str(spec["bundle"])
+    root = Tree(rootfs)
 
     def inside(path: str) -> str:  # the image's own symlinks, followed inside the image
-        return str(in_scope(Path(rootfs), path))
+        fd = root.lookup(path)
+        if fd is None:
+            raise OSError(2, f"{path}: no such mount point in the image")
+        return proc_path(fd)  # left open: the mount below goes to exactly this inode
 
     _mount("none", "/", "", MS_REC | MS_PRIVATE)
     _mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount("tmpfs", inside("/dev"), "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for device in DEVICES:
+        dev = root.directory("/dev")
+        os.close(os.open(device, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644, dir_fd=dev))
         target = inside(f"/dev/{device}")
-        Path(target).touch()
         _mount(f"/dev/{device}", target, "", MS_BIND)
-    os.makedirs(inside("/dev/shm"), exist_ok=True)
+    os.close(root.directory("/dev/shm", make=(0, 0)))
     shm_options = f"mode=1777,size={int(spec.get('shm_size', 64 << 20))}"
     _mount("shm", inside("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, shm_options)
     for name in ("hosts", "resolv.conf"):

@@ -34,7 +34,6 @@ from kiln.context import (
     IgnoreRules,
     PatternMatcher,
     load_ignore,
-    match_glob,
 )
 from kiln.dockerfile import BuildOptions, Platform, load_dockerfile, plan_build
 from kiln.dockerfile.config import (
@@ -48,7 +47,6 @@ from kiln.dockerfile.instructions import (
     Arg,
     Cmd,
     Copy,
-    InlineFile,
     Instruction,
     Onbuild,
     Run,
@@ -56,6 +54,7 @@ from kiln.dockerfile.instructions import (
 )
 from kiln.dockerfile.mounts import Mount
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
+from kiln.engine.copying import Deferred, copy_into, cp_contents, glob, makedirs, write_file
 from kiln.engine.history import created_by
 from kiln.engine.layering import Layering, check_layering, layer_groups, load_marked
 from kiln.engine.remote import (
@@ -80,7 +79,6 @@ from kiln.engine.runtime import (
     resolve_user,
     run,
 )
-from kiln.engine.scope import in_scope
 from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.engine.snapshotter import mounted, snapshotter
 from kiln.epoch import NAME as EPOCH
@@ -98,6 +96,7 @@ from kiln.oci.objects import (
 from kiln.platform import emulator_hint, runs_here
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage, merge_layers
+from kiln.tree import Tree, TreeError, opened
 
 Output = Callable[[str], None]
 _TAIL_LINES = 10
@@ -594,15 +593,22 @@ class _Run:
             lowers = [self.snapshots.get(layer.digest) for layer in state.layers]
             kind = self.builder.kind
             # Directory copies into directories the step creates need no overlay: they are
-            # made in the upper dir once it is unmounted, at twice the speed (see _copy_tree).
-            self.current.into_upper = [] if kind == "overlay" else None
+            # made in the upper dir once it is unmounted, at twice the speed (see copy_into).
+            deferred: Deferred | None = [] if kind == "overlay" else None
+            self.current.deferred = deferred
             try:
                 with mounted(lowers, upper, work, merged, kind=kind):
                     action(state, step, merged)
-                for source, target in self.current.into_upper or ():
-                    _cp_contents(source, upper / target)
+                if deferred:
+                    with Tree(self.request.context) as context, Tree(upper) as layer:
+                        for source, target in deferred:
+                            with (
+                                opened(context.directory(source)) as from_dir,
+                                opened(layer.directory(target, links=False)) as into_dir,
+                            ):
+                                cp_contents(from_dir, into_dir)
             finally:
-                self.current.into_upper = None
+                self.current.deferred = None
             shutil.rmtree(work, ignore_errors=True)
             if not any(upper.iterdir()):
                 return "", 0
@@ -688,9 +694,10 @@ class _Run:
             return parts
         if isinstance(instruction, Add) and _remote_sources(instruction):
             parts["remote"] = self.remote_key(instruction)
-        selected = self.select(instruction, self.request.context, self.visible)
+        with Tree(self.request.context) as context:
+            selected = self.select(instruction, context, self.visible)
         files = hashlib.sha256()  # thousands of entries: hashed here, not spelled out in JSON
-        for source in selected:
+        for _, source in selected:
             for e in self.context_under(source):
                 files.update(
                     f"{e.path}\0{e.kind}\0{e.mode}\0{e.digest}\0{e.link_target}\n".encode()
@@ -746,21 +753,23 @@ class _Run:
         self,
         instruction: Add,
         source: str,
-        rootfs: Path,
+        image: Tree,
         dest: str,
         owner: tuple[int, int],
         mode: int | None,
     ) -> None:
         """A URL's file (mode 0600 unless ``--chmod``, never unpacked) or a repository's
-        directory (its contents) into ``dest``, as BuildKit copies them."""
+        directory (its contents) into ``dest``, as BuildKit copies them. A repository's
+        subdirectory is resolved inside the checkout: its symlinks lead nowhere else."""
         staging = self.work / f"remote-{uuid.uuid4().hex[:8]}"
         found = git_source(source)
         if found is not None:
             commit = self.git_commit(instruction, found)
             keep = bool(instruction.keep_git_dir)
             with self.reported(instruction):
-                directory = checkout_git(found, commit, staging, keep)
-            _copy_tree(directory, "", rootfs, dest, owner, mode, None)
+                subdir = checkout_git(found, commit, staging, keep)
+            with Tree(staging) as checkout:
+                copy_into(checkout, subdir, image, dest, owner, mode, None)
             return
         download = self.download(instruction, source)
         staging.mkdir()
@@ -768,7 +777,8 @@ class _Run:
         shutil.copyfile(download.path, staging / name)
         os.chmod(staging / name, 0o600)
         os.utime(staging / name, (download.mtime, download.mtime))
-        _copy_tree(staging, name, rootfs, dest, owner, mode, None)
+        with Tree(staging) as fetched:
+            copy_into(fetched, name, image, dest, owner, mode, None)
 
     def context_under(self, source: str) -> list[ContextEntry]:
         """The context entries at or below ``source`` ("" is the whole context)."""
@@ -865,7 +875,8 @@ class _Run:
     ) -> None:
         instruction = step.instruction
         assert isinstance(instruction, Run)
-        _makedirs(rootfs, step.workdir, (0, 0))
+        with Tree(rootfs) as image:
+            os.close(makedirs(image, step.workdir, (0, 0)))
         tail: list[str] = []
         number = self.current.number
 
@@ -907,18 +918,27 @@ class _Run:
             size = (f"size={mount.size_limit}",) if mount.size_limit else ()
             return RuntimeMount(target, "tmpfs", "tmpfs", ("nosuid", "nodev", *size))
         if mount.type == "bind":
-            relative = os.path.normpath("/" + mount.source).lstrip("/")
             throwaway = not mount.readonly  # writes to it are thrown away, as in BuildKit
-            if mount.from_:
-                root = stack.enter_context(self.stage_mount(instruction, mount.from_))
-                source = root / relative
-            elif self.visible is not None:  # .dockerignore hides some of the context
+            root = (
+                stack.enter_context(self.stage_mount(instruction, mount.from_))
+                if mount.from_ else self.request.context.absolute()
+            )  # fmt: skip
+            # The source as the stage or context has it: its symlinks followed inside it,
+            # never to the host (runc's bind would follow them on the host).
+            with Tree(root) as tree:
+                try:
+                    relative = tree.canonical(mount.source, follow=True)
+                except TreeError as err:
+                    raise self.error(instruction, f"RUN --mount: {err}") from None
+            if relative is None:
+                raise self.error(instruction, f"RUN --mount: {mount.source or '/'} not found")
+            if not mount.from_ and self.visible is not None:  # .dockerignore hides some
                 source = self.context_view(relative, copy=throwaway)
                 throwaway = False  # the view is a copy already
+                if not os.path.lexists(source):
+                    raise self.error(instruction, f"RUN --mount: {mount.source or '/'} not found")
             else:
-                source = self.request.context.absolute() / relative
-            if not os.path.lexists(source):
-                raise self.error(instruction, f"RUN --mount: {mount.source or '/'} not found")
+                source = root / relative if relative else root
             if throwaway:
                 scratch = self.work / f"rw-{uuid.uuid4().hex[:8]}"
                 subprocess.run(["cp", "-a", "--", str(source), str(scratch)], check=True)
@@ -980,100 +1000,140 @@ class _Run:
         instruction = step.instruction
         assert isinstance(instruction, Workdir)
         path = join_workdir(step.workdir, instruction.path)
-        if not in_scope(rootfs, path).exists():
-            user = resolve_user(rootfs, state.config.user) if state.config.user else None
-            _makedirs(rootfs, path, (user.uid, user.gid) if user else (0, 0))
+        with Tree(rootfs) as image:
+            if image.is_dir(path):
+                return
+            try:
+                user = resolve_user(image, state.config.user) if state.config.user else None
+            except KilnError as err:
+                raise self.error(instruction, str(err)) from None
+            os.close(makedirs(image, path, (user.uid, user.gid) if user else (0, 0)))
 
     def copy_step(self, state: _State, step: Step, rootfs: Path) -> None:
         instruction = step.instruction
         assert isinstance(instruction, Copy | Add)
-        owner = self.owner(instruction, rootfs)
+        with Tree(rootfs) as image, ExitStack() as stack:
+            owner = self.owner(instruction, image)
+            source = stack.enter_context(Tree(self.request.context))
+            visible: set[str] | None = self.visible
+            from_stage = isinstance(instruction, Copy) and bool(instruction.from_)
+            if isinstance(instruction, Copy) and instruction.from_:
+                source = stack.enter_context(
+                    Tree(stack.enter_context(self.source_mount(instruction)))
+                )
+                visible = None
+            try:
+                self.copy_sources(instruction, step, source, image, owner, visible, from_stage)
+            except TreeError as err:
+                raise self.error(instruction, str(err)) from None
+
+    def copy_sources(
+        self,
+        instruction: Copy | Add,
+        step: Step,
+        source: Tree,
+        image: Tree,
+        owner: tuple[int, int],
+        visible: set[str] | None,
+        from_stage: bool,
+    ) -> None:
         mode = int(instruction.chmod, 8) if instruction.chmod else None
         dest = instruction.dest
         if not dest.startswith("/"):
             dest = join_workdir(step.workdir, dest) + ("/" if dest.endswith("/") else "")
-        with ExitStack() as stack:
-            source_root = self.request.context
-            visible: set[str] | None = self.visible
-            if isinstance(instruction, Copy) and instruction.from_:
-                source_root = stack.enter_context(self.source_mount(instruction))
-                visible = None
-            sources = self.select(instruction, source_root, visible)
-            remote = _remote_sources(instruction) if isinstance(instruction, Add) else []
-            many = len(sources) + len(instruction.inline) + len(remote) > 1 or any(
-                set("*?[") & set(s) for s in instruction.sources if s not in remote
+        sources = self.select(instruction, source, visible)
+        remote = _remote_sources(instruction) if isinstance(instruction, Add) else []
+        many = len(sources) + len(instruction.inline) + len(remote) > 1 or any(
+            set("*?[") & set(s) for s in instruction.sources if s not in remote
+        )
+        if many and not dest.endswith("/"):
+            raise self.error(
+                instruction,
+                "When using COPY with more than one source file, the destination must be "
+                "a directory and end with a /",
             )
-            if many and not dest.endswith("/"):
-                raise self.error(
-                    instruction,
-                    "When using COPY with more than one source file, the destination must be "
-                    "a directory and end with a /",
-                )
-            unpack = isinstance(instruction, Add) and instruction.unpack is not False
-            # Only a lone source may be copied after the others (see run_on_overlay), and
-            # only from the context: a stage's or image's mount is gone by then.
-            deferrable = (
-                len(sources) == 1
-                and not instruction.inline
-                and source_root == (self.request.context)
-                and not remote
-            )
-            into_upper = getattr(self.current, "into_upper", None) if deferrable else None
-            exclude = PatternMatcher(list(instruction.excludes)) if instruction.excludes else None
-            parents = isinstance(instruction, Copy) and instruction.parents
-            for url in filter(is_url, remote):  # fetched (and checked) before any copy
-                assert isinstance(instruction, Add)
-                self.download(instruction, url)
-            for relative in sources:
-                if exclude is not None and exclude.matches(relative):
-                    continue
-                archive = source_root / relative
-                if unpack and archive.is_file() and not archive.is_symlink() and _is_tar(archive):
-                    _makedirs(rootfs, dest.rstrip("/") or "/", owner)
-                    with open_decompressed(archive) as stream:
-                        # BuildKit keeps an archive's own owners, --chown or not.
-                        unpack_layer(stream, in_scope(rootfs, dest), whiteouts=False)
-                    continue
-                target_dest = dest
-                if parents:  # keep the source's path (below a /./ pivot, if there is one)
-                    kept = _below_pivot(relative, instruction.sources)
-                    source_path = source_root / relative
-                    if not (source_path.is_dir() and not source_path.is_symlink()):
-                        kept = os.path.dirname(kept)
-                    target_dest = "/".join(p for p in (dest.rstrip("/"), kept) if p) + "/"
-                _copy_tree(
-                    source_root, relative, rootfs, target_dest, owner, mode, visible, exclude,
-                    into_upper,
-                )  # fmt: skip
-            for source in remote:
-                assert isinstance(instruction, Add)
-                self.copy_remote(instruction, source, rootfs, dest, owner, mode)
-            for inline in instruction.inline:
-                inline_target = dest + inline.name if dest.endswith("/") else dest
-                _write_inline(rootfs, inline_target, inline, owner, mode)
+        unpack = isinstance(instruction, Add) and instruction.unpack is not False
+        # Only a lone source may be copied after the others (see run_on_overlay), and
+        # only from the context: a stage's or image's mount is gone by then.
+        deferrable = len(sources) == 1 and not instruction.inline and not from_stage and not remote
+        deferred = getattr(self.current, "deferred", None) if deferrable else None
+        exclude = PatternMatcher(list(instruction.excludes)) if instruction.excludes else None
+        parents = isinstance(instruction, Copy) and instruction.parents
+        for url in filter(is_url, remote):  # fetched (and checked) before any copy
+            assert isinstance(instruction, Add)
+            self.download(instruction, url)
+        for named, relative in sources:
+            if exclude is not None and exclude.matches(named):
+                continue
+            if unpack and self.unpack_archive(source, relative, image, dest, owner):
+                continue
+            target_dest = dest
+            if parents:  # keep the source's path (below a /./ pivot, if there is one)
+                kept = _below_pivot(named, instruction.sources)
+                if not _real_dir(source, relative):
+                    kept = os.path.dirname(kept)
+                target_dest = "/".join(p for p in (dest.rstrip("/"), kept) if p) + "/"
+            copy_into(source, relative, image, target_dest, owner, mode, visible, exclude,
+                      deferred, os.path.basename(named))  # fmt: skip
+        for url in remote:
+            assert isinstance(instruction, Add)
+            self.copy_remote(instruction, url, image, dest, owner, mode)
+        for inline in instruction.inline:
+            inline_target = dest + inline.name if dest.endswith("/") else dest
+            write_file(image, inline_target, inline.content.encode(), owner,
+                       mode if mode is not None else 0o644)  # fmt: skip
 
-    def owner(self, instruction: Copy | Add, rootfs: Path) -> tuple[int, int]:
+    def unpack_archive(
+        self, source: Tree, relative: str, image: Tree, dest: str, owner: tuple[int, int]
+    ) -> bool:
+        """ADD of a local tar (compressed or not): unpacked into ``dest``, where its own
+        symlinks are followed inside ``dest``, as Docker's chrooted untar follows them.
+        BuildKit keeps an archive's own owners, ``--chown`` or not. False: not an archive."""
+        entry = source.entry(relative)
+        with opened(entry.parent):
+            st = entry.lstat()
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return False
+            fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=entry.parent)  # fmt: skip
+        with opened(fd):
+            archive = Path(f"/proc/self/fd/{fd}")
+            if not _is_tar(archive):
+                return False
+            with (
+                opened(makedirs(image, dest.rstrip("/") or "/", owner)) as target,
+                Tree.at(target) as into,
+                open_decompressed(archive) as stream,
+            ):
+                unpack_layer(stream, into, whiteouts=False)
+        return True
+
+    def owner(self, instruction: Copy | Add, image: Tree) -> tuple[int, int]:
         if not instruction.chown:
             return (0, 0)
-        if isinstance(instruction, Copy) and instruction.link:
-            rootfs = self.accounts_view(instruction)  # names come from the image below
         try:
-            user = resolve_user(rootfs, instruction.chown)
+            if isinstance(instruction, Copy) and instruction.link:
+                with Tree(self.accounts_view()) as accounts:  # names from the image below
+                    user = resolve_user(accounts, instruction.chown)
+            else:
+                user = resolve_user(image, instruction.chown)
         except KilnError as err:
             raise self.error(instruction, str(err)) from None
         return user.uid, user.gid
 
-    def accounts_view(self, instruction: Copy) -> Path:
-        """A directory with the current image's /etc/passwd and /etc/group, for --link."""
+    def accounts_view(self) -> Path:
+        """A directory with the current image's /etc/passwd and /etc/group, for --link:
+        each from the topmost layer that has it as a regular file, read without following
+        a symlink (a layer's symlink means a path of the image, not of this machine)."""
         view = self.work / f"accounts-{uuid.uuid4().hex[:8]}"
         (view / "etc").mkdir(parents=True)
         state = self.current.state
         for name in ("passwd", "group"):
             for layer in reversed(state.layers):
-                found = self.snapshots.get(layer.digest) / "etc" / name
-                # A symlink in a layer means a path of the image, not of this machine.
-                if found.is_file() and not (found.is_symlink() or found.parent.is_symlink()):
-                    shutil.copyfile(found, view / "etc" / name)
+                with Tree(self.snapshots.get(layer.digest)) as snapshot:
+                    found = snapshot.read(f"etc/{name}", links=False)
+                if found is not None:
+                    (view / "etc" / name).write_bytes(found)
                     break
         return view
 
@@ -1114,9 +1174,14 @@ class _Run:
                     f"be pulled: {err}",
                 ) from None  # fmt: skip
 
-    def select(self, instruction: Copy | Add, root: Path, visible: set[str] | None) -> list[str]:
-        """The source paths (relative to ``root``) a COPY or ADD names, after .dockerignore."""
-        selected: list[str] = []
+    def select(
+        self, instruction: Copy | Add, root: Tree, visible: set[str] | None
+    ) -> list[tuple[str, str]]:
+        """The sources a COPY or ADD names, after .dockerignore: (the path as named, the
+        path resolved inside ``root``). Symlinks on the way, and a symlink named as the
+        source itself, are followed inside ``root``, as BuildKit follows them; one that
+        leads out of it leads to nothing."""
+        selected: list[tuple[str, str]] = []
         for source in instruction.sources:
             if isinstance(instruction, Add) and source in _remote_sources(instruction):
                 continue  # fetched, not selected: see remote_key and copy_remote
@@ -1124,22 +1189,35 @@ class _Run:
                 raise self.error(instruction, "source can't be a URL or a git repository for COPY")
             relative = os.path.normpath("/" + source).lstrip("/")
             if set("*?[") & set(relative):
-                matches = sorted(
-                    m for m in _glob(root, relative) if visible is None or m in visible
-                )
+                try:
+                    matches = sorted(
+                        (named, followed) for named, found in glob(root, relative)
+                        if (followed := root.canonical(found, follow=True)) is not None
+                        and (visible is None or (found in visible and followed in visible))
+                    )  # fmt: skip
+                except TreeError as err:
+                    raise self.error(instruction, str(err)) from None
                 if not matches:
                     raise self.error(instruction, f"no source files were specified by {source!r}")
                 selected.extend(matches)
                 continue
-            path = root / relative if relative else root
-            hidden = visible is not None and bool(relative) and relative not in visible
-            if not os.path.lexists(path) or hidden:
+            try:
+                resolved = root.canonical(relative, follow=True)
+                named = root.canonical(relative)  # the symlink itself, if it is one
+            except TreeError as err:
+                raise self.error(instruction, str(err)) from None
+            hidden = (
+                visible is not None
+                and bool(resolved)
+                and (resolved not in visible or named not in visible)
+            )
+            if resolved is None or hidden:
                 raise self.error(
                     instruction,
                     f'failed to compute cache key: "/{relative}": not found',
                     "check the path, and that .dockerignore does not exclude it",
                 )
-            selected.append(relative)
+            selected.append((relative, resolved))
         return selected
 
     def error(self, instruction: Instruction, message: str, hint: str | None = None) -> BuildError:
@@ -1305,78 +1383,6 @@ def _same_as_lower(lowers: list[Path]) -> Callable[[str, os.stat_result], bool]:
     return unchanged
 
 
-def _makedirs(rootfs: Path, path: str, owner: tuple[int, int]) -> Path:
-    """The directory ``path`` of the image, made where missing (owned by ``owner``), as a
-    host path: image symlinks on the way are followed inside ``rootfs``, never out of it."""
-    target = in_scope(rootfs, path)
-    current = rootfs
-    for part in target.relative_to(rootfs).parts:
-        current = current / part
-        if not os.path.lexists(current):
-            try:
-                current.mkdir(mode=0o755)
-            except OSError as err:
-                raise KilnError(f"cannot create directory {path}: {err.strerror}") from None
-            os.chown(current, *owner)
-    return target
-
-
-def _glob(root: Path, pattern: str) -> Iterator[str]:
-    parts = pattern.split("/")
-    fixed = next(i for i, part in enumerate(parts) if set("*?[") & set(part))
-    start = root.joinpath(*parts[:fixed])
-    depth = len(parts)
-    for directory, dirs, files in os.walk(start):
-        relative_dir = Path(directory).relative_to(root).as_posix()
-        level = 0 if relative_dir == "." else relative_dir.count("/") + 1
-        for name in (*dirs, *files):
-            path = name if relative_dir == "." else f"{relative_dir}/{name}"
-            if level + 1 == depth and match_glob(pattern, path):
-                yield path
-        if level + 1 >= depth:
-            dirs.clear()
-
-
-def _copy_tree(
-    root: Path,
-    relative: str,
-    rootfs: Path,
-    dest: str,
-    owner: tuple[int, int],
-    mode: int | None,
-    visible: set[str] | None,
-    exclude: PatternMatcher | None = None,
-    into_upper: list[tuple[Path, str]] | None = None,
-) -> None:
-    """Docker's COPY rules: a directory's contents go into dest; a file goes to dest, or
-    into it when dest ends with / or is a directory. ``exclude`` (``--exclude``) patterns
-    match paths relative to the directory being copied.
-
-    ``into_upper``, where given, takes a whole-directory copy into a directory this call
-    creates, to be done in the overlay's upper dir once it is unmounted: no lower layer
-    has anything below a new directory (one a lower layer deleted stays hidden by that
-    layer's whiteout), so the upper dir gets exactly what the overlay would have put there."""
-    source = root / relative if relative else root
-    st = os.lstat(source)
-    if stat.S_ISDIR(st.st_mode):
-        target = dest.rstrip("/") or "/"
-        new = not os.path.lexists(in_scope(rootfs, target))
-        destination = _makedirs(rootfs, target, owner)
-        # GNU cp follows symlinks it finds in the destination: only a new directory is safe.
-        if new and visible is None and exclude is None and owner == (0, 0) and mode is None:
-            if into_upper is not None:
-                into_upper.append((source, str(destination.relative_to(rootfs))))
-            else:
-                _cp_contents(source, destination)
-        else:
-            _copy_contents(source, relative, destination, owner, mode, visible, exclude, "")
-        return
-    into_dir = dest.endswith("/") or in_scope(rootfs, dest).is_dir()
-    target = f"{dest.rstrip('/')}/{source.name}" if into_dir else dest
-    parent = _makedirs(rootfs, os.path.dirname(target.rstrip("/")), owner)
-    _copy_entry(source, parent / os.path.basename(target.rstrip("/")), owner, mode)
-
-
 def _below_pivot(relative: str, patterns: tuple[str, ...]) -> str:
     """``--parents`` keeps the path below a ``/./`` pivot of the pattern that selected it."""
     for pattern in patterns:
@@ -1387,87 +1393,9 @@ def _below_pivot(relative: str, patterns: tuple[str, ...]) -> str:
     return relative
 
 
-def _cp_contents(source: Path, target: Path) -> None:
-    """A whole directory's contents, owned by root, by coreutils: the fast common case."""
-    result = subprocess.run(
-        ["cp", "-R", "--no-dereference", "--preserve=mode,timestamps,links",
-         "--no-target-directory", f"{source}/.", str(target)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise KilnError(f"cannot copy {source}: {result.stderr.strip()}")
-
-
-def _copy_contents(
-    directory: Path,
-    relative: str,
-    target: Path,
-    owner: tuple[int, int],
-    mode: int | None,
-    visible: set[str] | None,
-    exclude: PatternMatcher | None,
-    inner: str,
-) -> None:
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        child_relative = f"{relative}/{entry.name}" if relative else entry.name
-        child_inner = f"{inner}/{entry.name}" if inner else entry.name
-        if visible is not None and child_relative not in visible:
-            continue
-        is_dir = entry.is_dir(follow_symlinks=False)
-        excluded = exclude is not None and exclude.matches(child_inner)
-        if excluded and not (
-            is_dir and exclude is not None and exclude.may_include_under(child_inner)
-        ):
-            continue
-        destination = target / entry.name
-        if is_dir:
-            if not destination.is_dir() or destination.is_symlink():
-                _remove(destination)  # a symlink there is replaced, never followed
-                destination.mkdir()
-            _copy_contents(
-                Path(entry.path), child_relative, destination, owner, mode, visible, exclude,
-                child_inner,
-            )  # fmt: skip
-            _apply(Path(entry.path), destination, owner, mode)
-        else:
-            _copy_entry(Path(entry.path), destination, owner, mode)
-
-
-def _copy_entry(source: Path, target: Path, owner: tuple[int, int], mode: int | None) -> None:
-    if target.is_dir() and not target.is_symlink() and not source.is_dir():
-        shutil.rmtree(target)
-    else:
-        _remove(target)
-    st = os.lstat(source)
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(source), target)
-    elif stat.S_ISREG(st.st_mode):
-        shutil.copyfile(source, target, follow_symlinks=False)
-    elif stat.S_ISDIR(st.st_mode):
-        target.mkdir()
-    else:
-        return  # devices, fifos and sockets are not copied from a context
-    _apply(source, target, owner, mode)
-
-
-def _apply(source: Path, target: Path, owner: tuple[int, int], mode: int | None) -> None:
-    st = os.lstat(source)
-    os.chown(target, *owner, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(target, mode if mode is not None else stat.S_IMODE(st.st_mode))
-    os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file() or (path.exists() and not path.is_dir()):
-        path.unlink()
-
-
-def _write_inline(
-    rootfs: Path, target: str, inline: InlineFile, owner: tuple[int, int], mode: int | None
-) -> None:
-    path = _makedirs(rootfs, os.path.dirname(target), owner) / os.path.basename(target)
-    _remove(path)
-    path.write_text(inline.content)
-    os.chown(path, *owner)
-    os.chmod(path, mode if mode is not None else 0o644)
+def _real_dir(tree: Tree, relative: str) -> bool:
+    """Whether ``relative`` is a directory itself (not a symlink to one)."""
+    entry = tree.entry(relative)
+    with opened(entry.parent):
+        st = entry.lstat()
+    return st is not None and stat.S_ISDIR(st.st_mode)

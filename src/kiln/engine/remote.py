@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from kiln import git
 from kiln.errors import KilnError
+from kiln.tree import Tree
 
 if TYPE_CHECKING:
     import httpx
@@ -206,17 +207,19 @@ def resolve_git(source: GitSource, checksum: str = "") -> str:
     return commit
 
 
-def checkout_git(source: GitSource, commit: str, into: Path, keep_git_dir: bool) -> Path:
+def checkout_git(source: GitSource, commit: str, into: Path, keep_git_dir: bool) -> str:
     """``source`` checked out at ``commit`` into ``into``; the directory ADD copies (the
-    subdir). ``.git`` is kept only with ``keep_git_dir``; files keep their checkout mtimes,
-    as in BuildKit."""
+    subdir), resolved inside the checkout: a symlink in the repository never leads out.
+    ``.git`` is kept only with ``keep_git_dir``; files keep their checkout mtimes, as in
+    BuildKit."""
     fetched = git.fetch(source.remote, source.ref, into)
     if not fetched.startswith(commit):
         raise RemoteError(f"{source.remote}: {source.ref or 'HEAD'} moved during the build")
     if not keep_git_dir:
         shutil.rmtree(into / ".git")
-    subdir = posixpath.normpath("/" + source.subdir).lstrip("/")
-    directory = into / subdir if subdir else into
-    if not directory.is_dir() or directory.is_symlink() or subdir.split("/")[0] == ".git":
+    with Tree(into) as checkout:
+        subdir = checkout.canonical(source.subdir, follow=True)
+        found = subdir is not None and checkout.is_dir(subdir)
+    if subdir is None or not found or subdir.split("/")[0] == ".git":
         raise RemoteError(f"{source.remote}: no directory {source.subdir!r} at {commit[:12]}")
-    return directory
+    return subdir

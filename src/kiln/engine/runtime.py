@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -24,8 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.engine.scope import in_scope
 from kiln.errors import KilnError
+from kiln.tree import Tree, TreeError, create_file, opened, set_metadata
 
 RUNC = "runc"
 CAPABILITIES = [
@@ -169,25 +170,29 @@ class User:
     additional_gids: tuple[int, ...] = ()
 
 
-def resolve_user(rootfs: Path, spec: str) -> User:
-    """``user``, ``uid``, ``user:group``... looked up in the image's /etc/passwd and group."""
+def resolve_user(root: Tree, spec: str) -> User:
+    """``user``, ``uid``, ``user:group``... looked up in the image's /etc/passwd and group
+    (read through ``kiln.tree``: inside the image, never a FIFO or a device)."""
     name, _, group = (spec or "0").partition(":")
-    passwd = _table(in_scope(rootfs, "/etc/passwd"))
-    groups = _table(in_scope(rootfs, "/etc/group"))
+    passwd = _table(root, "/etc/passwd")
+    groups = _table(root, "/etc/group")
     entry = next((e for e in passwd if name in (e[0], e[2] if len(e) > 2 else None)), None)
     if name.isdecimal():
-        uid = int(name)
-        gid = int(entry[3]) if entry and len(entry) > 3 and entry[3].isdecimal() else 0
+        uid = _id(name, spec)
+        gid = int(entry[3]) if entry and len(entry) > 3 and _is_id(entry[3]) else 0
     elif entry is not None and len(entry) > 3:
+        if not (_is_id(entry[2]) and _is_id(entry[3])):
+            raise ContainerError(f"unable to find user {name}: its passwd entry has no numeric "
+                                 "uid and gid")  # fmt: skip
         uid, gid = int(entry[2]), int(entry[3])
     else:
         raise ContainerError(f"unable to find user {name}: no matching entries in passwd file")
     if group:
         if group.isdecimal():
-            gid = int(group)
+            gid = _id(group, spec)
         else:
             found = next((g for g in groups if g[0] == group and len(g) > 2), None)
-            if found is None:
+            if found is None or not _is_id(found[2]):
                 raise ContainerError(
                     f"unable to find group {group}: no matching entries in group file"
                 )
@@ -196,16 +201,32 @@ def resolve_user(rootfs: Path, spec: str) -> User:
     extra = tuple(
         int(g[2])
         for g in groups
-        if len(g) > 3 and user_name and user_name in g[3].split(",") and g[2].isdecimal()
+        if len(g) > 3 and user_name and user_name in g[3].split(",") and _is_id(g[2])
     )
     return User(uid, gid, tuple(sorted(set(extra) - {gid})))
 
 
-def _table(path: Path) -> list[list[str]]:
+_MAX_ID = (1 << 32) - 2
+
+
+def _is_id(text: str) -> bool:
+    return text.isdecimal() and text.isascii() and int(text) <= _MAX_ID
+
+
+def _id(text: str, spec: str) -> int:
+    if not _is_id(text):
+        raise ContainerError(f"user {spec!r}: {text} is not a valid uid or gid")
+    return int(text)
+
+
+def _table(root: Tree, path: str) -> list[list[str]]:
     try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+        data = root.read(path)
+    except TreeError as err:
+        raise ContainerError(f"cannot read the image's {path}: {err}") from None
+    if data is None:
         return []
+    lines = data.decode(errors="replace").splitlines()
     return [line.split(":") for line in lines if line and not line.startswith("#")]
 
 
@@ -278,19 +299,32 @@ def run(
         raise ContainerError("RUN --mount needs the oci isolation (runc)")
     if spec.limits and isolation != "oci":
         raise ContainerError(LIMITS_NEED_OCI)
+    with Tree(rootfs) as root:
+        return _run_in(root, spec, bundle, output, isolation, live)
+
+
+def _run_in(
+    root: Tree,
+    spec: ProcessSpec,
+    bundle: Path,
+    output: Callable[[bytes], None],
+    isolation: str,
+    live: LiveProcesses | None,
+) -> int:
+    rootfs = root.root
     points = [*_MOUNT_POINTS, *(m.destination.strip("/") for m in spec.mounts)]
-    created = _missing(rootfs, points)
+    created = _missing(root, points)
     parents = {
-        parent: os.lstat(in_scope(rootfs, parent)).st_mtime_ns
+        parent: mtime
         for parent in {os.path.dirname(p) for p in created} - set(created) - {""}
-        if os.path.isdir(in_scope(rootfs, parent))
+        if (mtime := _dir_mtime(root, parent)) is not None
     }
     extra = "".join(f"{address}\t{name}\n" for name, address in spec.extra_hosts)
     (bundle / "hosts").write_text(
         f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n{extra}"
     )
     shutil.copyfile("/etc/resolv.conf", bundle / "resolv.conf")
-    user = resolve_user(rootfs, spec.user)
+    user = resolve_user(root, spec.user)
     container = f"kiln-{uuid.uuid4().hex[:12]}"
     out_of_memory = False
     try:
@@ -302,7 +336,7 @@ def run(
             command += ["--bundle", str(bundle)]
             command.append(container)
         else:
-            _make_mount_stubs(rootfs, created)
+            _make_mount_stubs(root, created)
             (bundle / "chroot.json").write_text(
                 json.dumps(_chroot_spec(rootfs, bundle, spec, user))
             )
@@ -335,10 +369,12 @@ def run(
                 [RUNC, "--root", str(bundle / "state"), "delete", "--force", container],
                 capture_output=True,
             )
-        _remove_mount_stubs(rootfs, created)
+        _remove_mount_stubs(root, created)
         for parent, mtime in parents.items():  # as if no stub had ever been made
-            with contextlib.suppress(OSError):
-                os.utime(in_scope(rootfs, parent), ns=(mtime, mtime), follow_symlinks=False)
+            with contextlib.suppress(OSError, TreeError):
+                entry = root.entry(parent, follow=True)
+                with opened(entry.parent):
+                    set_metadata(entry.parent, entry.name, mtime_ns=mtime)
     if out_of_memory:
         raise OutOfMemory(spec.limits.memory)
     return status
@@ -396,15 +432,17 @@ def _stopper(
     return stop
 
 
-def _make_mount_stubs(rootfs: Path, created: list[str]) -> None:
+def _make_mount_stubs(root: Tree, created: list[str]) -> None:
     """What runc would create for its mounts, for the chroot isolation to mount on."""
     for relative in created:
-        path = in_scope(rootfs, relative)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if relative in ("etc/hosts", "etc/resolv.conf"):
-            path.touch()
-        elif not path.exists():
-            path.mkdir()
+        entry = root.entry(relative, follow=True, make=(0, 0))
+        with opened(entry.parent):
+            if entry.lstat() is not None:
+                continue
+            if relative in ("etc/hosts", "etc/resolv.conf"):
+                os.close(create_file(entry.parent, entry.name))
+            else:
+                os.mkdir(entry.name, 0o755, dir_fd=entry.parent)
 
 
 def _chroot_spec(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> dict[str, object]:
@@ -421,30 +459,47 @@ def _chroot_spec(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> d
     }
 
 
-def _missing(rootfs: Path, points: list[str]) -> list[str]:
+def _missing(root: Tree, points: list[str]) -> list[str]:
     """Every mount point, and every directory above one, that does not exist yet."""
     missing: set[str] = set()
     for point in points:
         parts = point.split("/")
         for depth in range(1, len(parts) + 1):
             prefix = "/".join(parts[:depth])
-            if not os.path.lexists(in_scope(rootfs, prefix)):
+            fd = root.lookup(prefix)
+            if fd is None:
                 missing.add(prefix)
+            else:
+                os.close(fd)
     return sorted(missing)
 
 
-def _remove_mount_stubs(rootfs: Path, created: list[str]) -> None:
+def _dir_mtime(root: Tree, path: str) -> int | None:
+    fd = root.lookup(path)
+    if fd is None:
+        return None
+    with opened(fd):
+        st = os.fstat(fd)
+    return st.st_mtime_ns if stat.S_ISDIR(st.st_mode) else None
+
+
+def _remove_mount_stubs(root: Tree, created: list[str]) -> None:
     """Mount points (and directories above them) made for the run: gone again, deepest first,
     if they are still empty stubs."""
     for relative in sorted(created, key=lambda p: p.count("/"), reverse=True):
-        path = in_scope(rootfs, relative)
         try:
-            if path.is_dir() and not path.is_symlink():
-                path.rmdir()
-            elif path.is_file() and path.stat().st_size == 0:
-                path.unlink()
-        except OSError:
+            entry = root.entry(relative, follow=True)
+        except (OSError, TreeError):
             continue
+        with opened(entry.parent):
+            st = entry.lstat()
+            if st is None or not entry.name:
+                continue
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(entry.name, dir_fd=entry.parent)
+                elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                    os.unlink(entry.name, dir_fd=entry.parent)
 
 
 def _config(

@@ -14,17 +14,15 @@ import contextlib
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from kiln.engine.overlay import MountError, overlay
-from kiln.errors import KilnError
-from kiln.oci.layer import is_opaque, is_whiteout
+from kiln.engine.snapshots import OVERLAY, Applier, Member, apply_layer_dir
+from kiln.tree import Tree, copy_data, opened, proc_path
 
-_OPAQUE = "trusted.overlay.opaque"
 _choice: str | None = None
 _choice_lock = threading.Lock()
 
@@ -76,40 +74,19 @@ def mounted(
 
 
 def _materialise(lowers: Sequence[Path], target: Path) -> None:
-    """Apply the layers bottom first: opaque dirs empty what is below, whiteouts delete."""
-    for layer in lowers:
-        for directory, dirs, files in os.walk(layer):
-            for name in (*dirs, *files):
-                path = Path(directory) / name
-                below = target / path.relative_to(layer)
-                if is_opaque(path) or is_whiteout(path):
-                    _remove(below)
-        _cp(layer, target)
-    for directory, dirs, files in os.walk(target):
-        for name in files:  # copied whiteouts: their paths are gone already
-            path = Path(directory) / name
-            if is_whiteout(path):
-                path.unlink()
-        for name in dirs:  # the merged view is plain: no overlay markers left in it
-            with contextlib.suppress(OSError):
-                os.removexattr(Path(directory) / name, _OPAQUE, follow_symlinks=False)
-
-
-def _cp(source: Path, target: Path) -> None:
-    result = subprocess.run(
-        ["cp", "-a", "--no-target-directory", f"{source}/.", str(target)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise KilnError(f"cannot copy layer {source.name}: {result.stderr.strip()}")
+    """Apply the layers bottom first: opaque dirs empty what is below, whiteouts delete.
+    Through ``kiln.tree``: a layer's symlink never leads a later layer's entry out."""
+    with Tree(target) as merged:
+        for layer in lowers:
+            apply_layer_dir(layer, merged)
 
 
 Stat = tuple[int, int, int, int, int, int, str]
 
 
 def _index(root: Path) -> dict[str, Stat]:
-    """Every path's type, mode, owner, size, mtime and ctime (and link target)."""
+    """Every path's type, mode, owner, size, mtime and ctime (and link target). The walk
+    never follows a symlink."""
     index: dict[str, Stat] = {}
     for directory, dirs, files in os.walk(root):
         for name in (*dirs, *files):
@@ -123,52 +100,94 @@ def _index(root: Path) -> dict[str, Stat]:
 
 
 def _diff(root: Path, before: dict[str, Stat], upper: Path) -> None:
-    """What changed under ``root`` since ``before``, written into ``upper`` as overlay does."""
+    """What changed under ``root`` since ``before``, written into ``upper`` as overlay does:
+    changed entries with the directories above them (copied up with their metadata), 0/0
+    character devices for deletions, the opaque xattr where a directory replaced something
+    else."""
     after = _index(root)
-    for relative in sorted(after):
-        old, new = before.get(relative), after[relative]
-        if old == new:
+    with Tree(root) as merged, Tree(upper) as out:
+        applier = Applier(out, OVERLAY)
+        made: set[str] = set()
+
+        def copy_up(relative: str) -> None:
+            parts = relative.split("/")
+            for depth in range(1, len(parts)):
+                above = "/".join(parts[:depth])
+                if above not in made:
+                    made.add(above)
+                    applier.apply(_member(above, after[above], "dir", merged))
+
+        try:
+            for relative in sorted(after):  # parents before their children
+                old, new = before.get(relative), after[relative]
+                if old == new:
+                    continue
+                copy_up(relative)
+                made.add(relative)
+                if stat.S_ISDIR(new[0]):
+                    applier.apply(_member(relative, new, "dir", merged))
+                    if old is not None and not stat.S_ISDIR(old[0]):  # a file became a dir
+                        applier.apply(Member([*relative.split("/"), "."], "opaque"))
+                elif stat.S_ISREG(new[0]):
+                    fd = merged.lookup(relative, follow=False)
+                    if fd is None:
+                        continue
+                    with opened(fd), open(proc_path(fd), "rb") as source:
+                        applier.apply(
+                            _member(relative, new, "file", merged),
+                            lambda out_fd: copy_data(source.fileno(), out_fd),
+                        )
+                elif not stat.S_ISSOCK(new[0]):  # a socket cannot be part of a layer
+                    applier.apply(_member(relative, new, _kind(new[0]), merged))
+            for relative in sorted(set(before) - set(after)):
+                parent = relative.rpartition("/")[0]
+                if parent and (parent not in after or not stat.S_ISDIR(after[parent][0])):
+                    continue  # the whole parent went, or is no directory now: that covers it
+                copy_up(relative)
+                applier.apply(Member(relative.split("/"), "whiteout"))
+            applier.finish()
+        finally:
+            applier.close()
+
+
+def _member(relative: str, st: Stat, kind: str, merged: Tree | None = None) -> Member:
+    mode, uid, gid, _, mtime, _, link = st
+    xattrs: dict[str, bytes] = {}
+    if merged is not None and kind != "symlink":
+        fd = merged.lookup(relative, follow=False)
+        if fd is not None:
+            with opened(fd):
+                xattrs = _xattrs(proc_path(fd))
+    rdev = 0
+    if kind in ("char", "block") and merged is not None:
+        fd = merged.lookup(relative, follow=False)
+        if fd is not None:
+            with opened(fd):
+                rdev = os.fstat(fd).st_rdev
+    return Member(
+        relative.split("/"), kind, stat.S_IMODE(mode), (uid, gid), mtime, link, rdev, xattrs
+    )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISCHR(mode):
+        return "char"
+    if stat.S_ISBLK(mode):
+        return "block"
+    return "fifo"
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path)
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        if name.startswith(("trusted.", "user.overlay.")):
             continue
-        source, target = root / relative, upper / relative
-        _copy_parents(root, upper, relative)
-        if stat.S_ISDIR(new[0]):
-            if not target.exists():
-                target.mkdir()
-            shutil.copystat(source, target, follow_symlinks=False)
-            os.chown(target, new[1], new[2])
-            if old is not None and not stat.S_ISDIR(old[0]):
-                os.setxattr(target, _OPAQUE, b"y")  # a file became a directory
-        else:
-            if target.exists() or target.is_symlink():
-                target.unlink()
-            subprocess.run(["cp", "-a", str(source), str(target)], check=True)
-    for relative in sorted(set(before) - set(after)):
-        parent = relative.rpartition("/")[0]
-        if parent and parent not in after:
-            continue  # the whole parent went: its own whiteout covers this
-        _copy_parents(root, upper, relative)
-        target = upper / relative
-        if not os.path.lexists(target):
-            os.mknod(target, stat.S_IFCHR, os.makedev(0, 0))
-
-
-def _copy_parents(root: Path, upper: Path, relative: str) -> None:
-    """Parent directories of ``relative`` in ``upper``, with the merged view's metadata."""
-    parts = relative.split("/")[:-1]
-    for depth in range(1, len(parts) + 1):
-        partial = "/".join(parts[:depth])
-        target = upper / partial
-        if not target.exists():
-            target.mkdir()
-            source = root / partial
-            if source.is_dir():
-                shutil.copystat(source, target, follow_symlinks=False)
-                st = os.lstat(source)
-                os.chown(target, st.st_uid, st.st_gid)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        path.unlink()
+        with contextlib.suppress(OSError):
+            found[name] = os.getxattr(path, name)
+    return found

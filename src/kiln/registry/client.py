@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from kiln.errors import KilnError
+from kiln.oci.objects import MAX_DOCUMENT
 from kiln.registry.credentials import Credentials, credentials_for
 
 CERTS_DIR = Path("/etc/docker/certs.d")
@@ -58,11 +59,19 @@ class Manifest:
     digest: str
 
 
+def host_name(host: str) -> str:
+    """``host`` without its port: ``[::1]:5000`` is ``::1``, ``example.com:443`` is
+    ``example.com``; an address that is not well formed is returned as it is."""
+    if host.startswith("["):
+        address, bracket, rest = host[1:].partition("]")
+        return address if bracket and (not rest or rest.startswith(":")) else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (with or without a port) is this machine: dockerd treats such
     registries as insecure by default, and so does kiln."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]")
+    name = host_name(host)
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
@@ -248,9 +257,13 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str, accept: Iterable[str]) -> Manifest:
         headers = {"Accept": ", ".join(accept)}
         path = f"/v2/{repository}/manifests/{reference}"
-        response = self._request("GET", path, repository, headers=headers)
-        self._check(response, f"{self.host}/{repository}:{reference}")
-        data = response.content
+        what = f"{self.host}/{repository}:{reference}"
+        response = self._request("GET", path, repository, headers=headers, stream=True)
+        try:
+            self._check(response, what)
+            data = _read_at_most(response, MAX_DOCUMENT, f"{what}: the manifest")
+        finally:
+            response.close()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise RegistryError(f"{self.host}/{repository}@{reference}: another manifest came")
@@ -434,6 +447,16 @@ class RegistryClient:
         else:
             message = f"{what}: {self.host} answered {status}"
         raise RegistryError(message + (f" ({detail})" if detail else ""), status)
+
+
+def _read_at_most(response: httpx.Response, limit: int, what: str) -> bytes:
+    """A response's body, refused past ``limit`` bytes without reading the rest."""
+    received = bytearray()
+    for chunk in response.iter_bytes():
+        received += chunk
+        if len(received) > limit:
+            raise RegistryError(f"{what} is larger than {limit >> 20} MiB")
+    return bytes(received)
 
 
 def _merge_scopes(*scopes: str) -> str:

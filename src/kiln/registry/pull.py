@@ -8,14 +8,23 @@ several at a time, its digest checked while it streams; a layer the store has is
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from kiln.errors import KilnError
 from kiln.oci.layer import HashingWriter
-from kiln.oci.objects import DOCKER_MANIFEST, INDEX, MANIFEST, Descriptor
+from kiln.oci.objects import (
+    DOCKER_MANIFEST,
+    INDEX,
+    MANIFEST,
+    MAX_DOCUMENT,
+    Descriptor,
+    InvalidObject,
+    load_document,
+    parse_config,
+    parse_index,
+    parse_manifest,
+)
 from kiln.platform import Platform
 from kiln.reference import Reference
 from kiln.registry.client import Progress, RegistryClient
@@ -45,47 +54,46 @@ def pull_image(
     """Fetch ``reference`` into ``store`` and tag it there; returns the stored image."""
     platform = platform or Platform("linux", "amd64")
     repository = reference.repository
+    what = f"{reference}"
     found = client.get_manifest(repository, reference.digest or reference.tag, ACCEPT)
-    manifest = _parse(found.data, reference)
-    media_type = manifest.get("mediaType") or found.media_type
-    if media_type in (INDEX, DOCKER_LIST) or "manifests" in manifest:
-        chosen = _choose(manifest, platform, reference)
-        found = client.get_manifest(repository, chosen, ACCEPT)
-        manifest = _parse(found.data, reference)
-    if manifest.get("schemaVersion") != 2 or "config" not in manifest:
-        raise PullError(f"{reference}: only schema 2 (OCI or Docker) manifests can be pulled")
+    try:
+        document = load_document(found.data, f"{what}: manifest")
+        media_type = document.get("mediaType") or found.media_type
+        if media_type in (INDEX, DOCKER_LIST) or "manifests" in document:
+            chosen = _choose(parse_index(found.data, f"{what}: index"), platform, reference)
+            found = client.get_manifest(repository, chosen, ACCEPT)
+        manifest = parse_manifest(found.data, f"{what}: manifest")
+    except InvalidObject as err:
+        raise PullError(str(err)) from None
     config = Descriptor.from_json(manifest["config"])
     layers = [Descriptor.from_json(d) for d in manifest["layers"]]
+    if config.size > MAX_DOCUMENT:
+        raise PullError(f"{what}: its config is larger than {MAX_DOCUMENT >> 20} MiB")
     with store.writing(), ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
+        _fetch(store, client, repository, config, output, progress)
+        try:
+            parse_config(store.read_blob(config.digest), len(layers), f"{what}: config")
+        except InvalidObject as err:
+            raise PullError(str(err)) from None
         list(pool.map(lambda blob: _fetch(store, client, repository, blob, output, progress),
-                      [config, *layers]))  # fmt: skip
+                      layers))  # fmt: skip
         tags = [reference] if reference.tag else []
         image = store.add_manifest(found.data, tags)
     output(f"Digest: {found.digest}")
     return image
 
 
-def _parse(data: bytes, reference: Reference) -> dict[str, Any]:
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        raise PullError(f"{reference}: the registry served a manifest that is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise PullError(f"{reference}: the registry served a manifest that is not an object")
-    return parsed
-
-
-def _choose(index: dict[str, Any], platform: Platform, reference: Reference) -> str:
+def _choose(index: list[Descriptor], platform: Platform, reference: Reference) -> str:
     """The digest of the manifest for ``platform`` (its variant, if it names one)."""
     offered = []
-    for entry in index.get("manifests") or []:
-        wanted = entry.get("platform") or {}
+    for entry in index:
+        wanted = entry.platform or {}
         offered.append(f"{wanted.get('os')}/{wanted.get('architecture')}")
         same = (wanted.get("os"), wanted.get("architecture")) == (
             platform.os, platform.architecture,
         )  # fmt: skip
         if same and (not platform.variant or wanted.get("variant") == platform.variant):
-            return str(entry["digest"])
+            return entry.digest
     raise PullError(
         f"{reference} has no image for {platform.os}/{platform.architecture}"
         f" (it has {', '.join(offered) or 'none'})"
@@ -110,8 +118,11 @@ def _fetch(
 
         def write(chunk: bytes) -> None:
             nonlocal received
-            out.write(chunk)
             received += len(chunk)
+            if received > blob.size:  # a registry that sends more than it said: no more
+                raise PullError(f"{blob.digest} from {client.host}/{repository} is larger "
+                                f"than the {blob.size} bytes its manifest says")  # fmt: skip
+            out.write(chunk)
             if progress is not None:
                 progress(blob.digest, received, blob.size)
 

@@ -33,7 +33,10 @@ from kiln.oci.objects import (
     MANIFEST,
     REF_NAME,
     Descriptor,
+    InvalidObject,
     canonical_json,
+    parse_digest,
+    parse_manifest,
     sha256_digest,
 )
 from kiln.reference import Reference
@@ -168,10 +171,10 @@ class Store:
     # -- blobs
 
     def blob_path(self, digest: str) -> Path:
-        algorithm, _, encoded = digest.partition(":")
-        if algorithm != "sha256" or len(encoded) != 64:
-            raise StoreError(f"unsupported digest {digest!r}")
-        return self.blobs / encoded
+        try:
+            return self.blobs / parse_digest(digest).removeprefix("sha256:")
+        except InvalidObject:
+            raise StoreError(f"unsupported digest {digest!r}") from None
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).exists()
@@ -282,7 +285,7 @@ class Store:
 
     def add_manifest(self, manifest_bytes: bytes, tags: list[Reference]) -> StoredImage:
         """``add_image`` for a manifest kept byte for byte (a pulled one keeps its digest)."""
-        manifest = json.loads(manifest_bytes)
+        manifest = parse_manifest(manifest_bytes)
         config = Descriptor.from_json(manifest["config"])
         layers = [Descriptor.from_json(d) for d in manifest["layers"]]
         for blob in (config, *layers):

@@ -27,14 +27,19 @@ from kiln.oci.objects import (
     INDEX,
     LAYER,
     MANIFEST,
+    MAX_DOCUMENT,
     REF_NAME,
     Descriptor,
+    InvalidObject,
     canonical_json,
     image_manifest,
+    parse_config,
+    parse_index,
+    parse_manifest,
 )
 from kiln.platform import Platform
 from kiln.reference import Reference
-from kiln.store.store import Store, StoredImage
+from kiln.store.store import Store, StoredImage, StoreError
 
 _CHUNK = 1 << 20
 
@@ -176,7 +181,8 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
 
 
 def load(store: Store, archive: Path) -> list[StoredImage]:
-    """Load every image of an OCI-layout or docker-archive tar; returns them, tagged."""
+    """Load every image of an OCI-layout or docker-archive tar; returns them, tagged. The
+    archive is untrusted: its JSON is checked before anything of it is stored."""
     with tempfile.TemporaryDirectory(dir=store.tmp) as scratch:
         root = Path(scratch)
         try:
@@ -185,62 +191,111 @@ def load(store: Store, archive: Path) -> list[StoredImage]:
                 tarfile.open(fileobj=stream, mode="r|") as tar,
             ):
                 tar.extractall(root, filter="data")
-        except (OSError, tarfile.TarError) as err:
+        except (OSError, tarfile.TarError, EOFError, ValueError) as err:
             raise TransferError(f"cannot read image archive {archive}: {err}") from None
-        with store.writing():
-            if (root / "manifest.json").exists():
-                return _load_docker_archive(store, root)
-            if (root / "index.json").exists():
-                return _load_oci_layout(store, root)
+        try:
+            with store.writing():
+                if (root / "manifest.json").is_file():
+                    return _load_docker_archive(store, root)
+                if (root / "index.json").is_file():
+                    return _load_oci_layout(store, root)
+        except InvalidObject as err:
+            raise TransferError(f"{archive}: {err}") from None
         raise TransferError(f"{archive} is neither a docker-archive nor an OCI layout")
 
 
-def _inside(root: Path, name: str) -> Path:
+def _inside(root: Path, name: object, what: str) -> Path:
+    """The regular file an archive's JSON names, which must be inside the archive."""
+    if not isinstance(name, str) or not name:
+        raise InvalidObject(f"{what}: {name!r} is not a path in the archive")
     path = (root / PurePosixPath(name)).resolve()
     if not path.is_relative_to(root.resolve()):
         raise TransferError(f"archive entry {name!r} points outside the archive")
+    if not path.is_file():
+        raise InvalidObject(f"{what}: {name} is not in the archive")
     return path
 
 
+def _document(root: Path, name: object, what: str) -> bytes:
+    path = _inside(root, name, what)
+    if path.stat().st_size > MAX_DOCUMENT:
+        raise InvalidObject(f"{what} is larger than {MAX_DOCUMENT >> 20} MiB")
+    return path.read_bytes()
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidObject(f"{what} is not a list")
+    return value
+
+
 def _load_docker_archive(store: Store, root: Path) -> list[StoredImage]:
-    entries = json.loads((root / "manifest.json").read_text())
+    data = _document(root, "manifest.json", "manifest.json")
+    try:
+        entries = _list(json.loads(data), "manifest.json")
+    except ValueError:
+        raise InvalidObject("manifest.json is not JSON") from None
     loaded = []
-    for entry in entries:
-        config_bytes = _inside(root, entry["Config"]).read_bytes()
-        config = json.loads(config_bytes)
+    for number, entry in enumerate(entries):
+        what = f"manifest.json entry {number}"
+        if not isinstance(entry, dict):
+            raise InvalidObject(f"{what} is not a JSON object")
+        names = _list(entry.get("Layers"), f"{what}: Layers")
+        config_bytes = _document(root, entry.get("Config"), f"{what}: Config")
+        config = parse_config(config_bytes, len(names), f"{what}: config")
         layers = []
-        for index, name in enumerate(entry["Layers"]):
-            path = _inside(root, name)
-            diff_id, size = store.put_blob_stream(partial(_copy_decompressed, path))
+        for index, name in enumerate(names):
+            path = _inside(root, name, f"{what}: layer {index}")
             expected = config["rootfs"]["diff_ids"][index]
-            if diff_id != expected:
-                raise TransferError(f"layer {name}: content {diff_id} is not diff_id {expected}")
+            try:  # a layer of other content is not stored at all
+                diff_id, size = store.put_blob_stream(
+                    partial(_copy_decompressed, path), expected=expected
+                )
+            except StoreError:
+                raise TransferError(
+                    f"layer {name}: its content is not diff_id {expected}"
+                ) from None
             layers.append(Descriptor(LAYER, diff_id, size))
+        tags = [
+            Reference.parse(_text(tag, f"{what}: RepoTags"))
+            for tag in _list(entry.get("RepoTags") or [], f"{what}: RepoTags")
+        ]
         config_digest = store.put_blob(config_bytes)
         manifest = image_manifest(Descriptor(CONFIG, config_digest, len(config_bytes)), layers)
-        tags = [Reference.parse(tag) for tag in entry.get("RepoTags") or []]
         loaded.append(store.add_image(manifest, tags))
     return loaded
 
 
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidObject(f"{what}: {value!r} is not a string")
+    return value
+
+
 def _load_oci_layout(store: Store, root: Path) -> list[StoredImage]:
-    index = json.loads((root / "index.json").read_text())
     loaded = []
-    for entry in index["manifests"]:
-        manifest_bytes = _inside(root, _blob_name(entry["digest"])).read_bytes()
-        manifest = json.loads(manifest_bytes)
+    for entry in parse_index(_document(root, "index.json", "index.json"), "index.json"):
+        what = f"manifest {entry.digest}"
+        manifest_bytes = _document(root, _blob_name(entry.digest), what)
+        manifest = parse_manifest(manifest_bytes, what)
         config_desc = Descriptor.from_json(manifest["config"])
-        config_bytes = _inside(root, _blob_name(config_desc.digest)).read_bytes()
+        config_bytes = _document(root, _blob_name(config_desc.digest), f"{what}: config")
+        config = parse_config(config_bytes, len(manifest["layers"]), f"{what}: config")
         store.put_blob(config_bytes, expected=config_desc.digest)
-        config = json.loads(config_bytes)
         layers = []
         for position, layer in enumerate(manifest["layers"]):
-            path = _inside(root, _blob_name(layer["digest"]))
-            diff_id, size = store.put_blob_stream(partial(_copy_decompressed, path))
-            if diff_id != config["rootfs"]["diff_ids"][position]:
-                raise TransferError(f"layer {layer['digest']} does not match its diff_id")
+            digest = Descriptor.from_json(layer).digest
+            path = _inside(root, _blob_name(digest), f"{what}: layer {position}")
+            expected = config["rootfs"]["diff_ids"][position]
+            try:
+                diff_id, size = store.put_blob_stream(
+                    partial(_copy_decompressed, path), expected=expected
+                )
+            except StoreError:
+                raise TransferError(f"layer {digest} does not match its diff_id") from None
             layers.append(Descriptor(LAYER, diff_id, size))
         manifest = image_manifest(config_desc, layers)
-        name = (entry.get("annotations") or {}).get(CONTAINERD_NAME)
-        loaded.append(store.add_image(manifest, [Reference.parse(name)] if name else []))
+        name = (entry.annotations or {}).get(CONTAINERD_NAME)
+        tags = [Reference.parse(_text(name, f"{what}: its name"))] if name else []
+        loaded.append(store.add_image(manifest, tags))
     return loaded
