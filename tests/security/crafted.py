@@ -28,6 +28,7 @@ class CraftedRegistry:
     port: int = 0
     routes: dict[tuple[str, str], Answer] = field(default_factory=dict)
     log: list[Request] = field(default_factory=list)
+    challenge: str = ""  # a WWW-Authenticate answer to requests that carry no credentials
 
     @property
     def host(self) -> str:
@@ -61,6 +62,12 @@ def crafted_registry() -> Iterator[CraftedRegistry]:
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(length)
+            if registry.challenge and "Authorization" not in self.headers:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", registry.challenge)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             status, headers, body = registry.routes.get(
                 (self.command, self.path.partition("?")[0]),
                 (200, {}, b"{}") if self.path == "/v2/" else (404, {}, b'{"errors":[]}'),

@@ -309,10 +309,12 @@ class RegistryClient:
         attempt = 0
         while True:
             url = path if path.startswith(("http://", "https://")) else self._base() + path
+            # Credentials and tokens go to the registry itself, never to another host an
+            # answer names (an upload Location elsewhere gets none).
+            credentials = self._authorization(scope) if self._is_registry(url) else {}
             request = self._http.build_request(
-                method, url, headers={**(headers or {}), **self._authorization(scope)},
-                content=content,
-            )  # fmt: skip
+                method, url, headers={**(headers or {}), **credentials}, content=content
+            )
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as err:
@@ -346,6 +348,21 @@ class RegistryClient:
             except httpx.TransportError:
                 self._scheme = "http"
         return f"{self._scheme}://{self._api}"
+
+    def _is_registry(self, url: str) -> bool:
+        """Whether ``url`` is on the registry's own origin (scheme, host and port)."""
+        return _origin_of(httpx.URL(url)) == _origin_of(httpx.URL(self._base()))
+
+    def _may_get_password(self, realm: str) -> bool:
+        """Whether a token realm may receive the user's password: over TLS, on the
+        registry's host or a sibling of it (Docker Hub's registry-1.docker.io sends to
+        auth.docker.io, GitLab's registry.gitlab.com to gitlab.com); over plain HTTP only
+        on the host of a registry allowed to be insecure."""
+        url = httpx.URL(realm)
+        host = host_name(self._api)
+        if url.scheme == "http":
+            return self.insecure and url.host == host
+        return url.scheme == "https" and (url.host == host or _siblings(url.host, host))
 
     def _url(self, location: str, response: httpx.Response) -> str:
         return str(response.request.url.join(location))
@@ -390,6 +407,12 @@ class RegistryClient:
         for part in (scope or params.get("scope", "")).split():
             query.append(("scope", part))
         auth: tuple[str, str] | None = None
+        if self.credentials is not None and not self._may_get_password(realm):
+            raise RegistryError(
+                f"{self.host} sends its token requests to {_origin(realm)}: kiln sends "
+                "credentials only over TLS to the registry's own host (or a sibling of it)",
+                401,
+            )
         if self.credentials is not None and self.credentials.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": self.credentials.identity_token,
                     "client_id": "kiln", **dict(query[:1])}  # fmt: skip
@@ -447,6 +470,29 @@ class RegistryClient:
         else:
             message = f"{what}: {self.host} answered {status}"
         raise RegistryError(message + (f" ({detail})" if detail else ""), status)
+
+
+def _siblings(host: str, registry: str) -> bool:
+    """Whether ``host`` lies in the domain the registry's host belongs to (the registry's
+    name without its first label, of two labels at least): auth.docker.io for
+    registry-1.docker.io. Addresses have no siblings."""
+    try:
+        ipaddress.ip_address(registry)
+        return False
+    except ValueError:
+        pass
+    parent = registry.partition(".")[2]
+    return parent.count(".") >= 1 and (host == parent or host.endswith("." + parent))
+
+
+def _origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _read_at_most(response: httpx.Response, limit: int, what: str) -> bytes:
