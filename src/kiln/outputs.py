@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kiln.engine.snapshots import Snapshots
 from kiln.engine.snapshotter import mounted, snapshotter
+from kiln.engine.workspace import workspace
 from kiln.errors import KilnError
 from kiln.store import Store, StoredImage
 from kiln.store.transfer import save
@@ -93,8 +94,8 @@ def _rootfs(store: Store, image: StoredImage, dest: Path) -> None:
     snapshots = Snapshots(store)
     lowers = [snapshots.get(layer.digest) for layer in image.layers]
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=store.root / "work") as scratch:
-        root = Path(scratch)
+    with workspace(store.root, "export") as scratch:
+        root = scratch.path
         upper, work, merged = root / "upper", root / "work", root / "merged"
         for path in (upper, work, merged):
             path.mkdir()

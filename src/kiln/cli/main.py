@@ -126,11 +126,11 @@ def check_command(
         sys.exit(1)
 
 
-def _parse_secrets(values: tuple[str, ...]) -> dict[str, Path]:
+def _parse_secrets(values: tuple[str, ...]) -> dict[str, Path | bytes]:
     """``id=NAME,src=FILE`` or ``id=NAME,env=VAR`` (or ``id=VAR`` alone: that variable), as
-    docker build takes them. A variable's value goes to a private file in memory (/dev/shm)
-    that is removed when the command ends, never into kiln's store."""
-    secrets: dict[str, Path] = {}
+    docker build takes them. A variable's value is handed over as it is: the build writes
+    it only to its private tmpfs, never to a disk or into kiln's store."""
+    secrets: dict[str, Path | bytes] = {}
     for value in values:
         fields = dict(field.partition("=")[::2] for field in value.split(","))
         name = fields.get("id", "")
@@ -145,22 +145,8 @@ def _parse_secrets(values: tuple[str, ...]) -> dict[str, Path]:
             continue
         if variable not in os.environ:
             raise KilnError(f"--secret {name}: the environment variable {variable} is not set")
-        secrets[name] = _secret_file(name, os.environ[variable])
+        secrets[name] = os.environb[variable.encode()]
     return secrets
-
-
-def _secret_file(name: str, value: str) -> Path:
-    import shutil
-    import tempfile
-
-    memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    directory = Path(tempfile.mkdtemp(prefix="kiln-secret-", dir=memory))
-    click.get_current_context().call_on_close(lambda: shutil.rmtree(directory, True))
-    path = directory / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    return path
 
 
 def _parse_ssh(values: tuple[str, ...]) -> dict[str, Path]:
@@ -236,7 +222,12 @@ def _parse_limits(memory: str, swap: str, shares: int, cpus: str) -> dict[str, i
 
 
 def _store() -> Store:
-    return Store()
+    """The store, once what killed kiln processes left in it is cleaned up."""
+    from kiln.engine.workspace import reclaim
+
+    store = Store()
+    reclaim(store.root)
+    return store
 
 
 def _ago(timestamp: float) -> str:
@@ -313,7 +304,10 @@ def rmi_command(force: bool, names: tuple[str, ...]) -> None:
 @click.option("--cache-mounts", is_flag=True, help="Also empty RUN --mount=type=cache directories.")
 def prune_command(cache_mounts: bool) -> None:
     """Remove untagged images and data nothing uses."""
+    from kiln.engine.workspace import reclaim
+
     store = _store()
+    reclaim(store.root, strays=True)
     images, freed = store.prune()
     click.echo(f"Deleted {images} untagged image(s); reclaimed {_human_size(freed)}")
     if cache_mounts:

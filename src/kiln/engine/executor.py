@@ -81,6 +81,7 @@ from kiln.engine.runtime import (
 )
 from kiln.engine.snapshots import Snapshots, unpack_layer
 from kiln.engine.snapshotter import mounted, snapshotter
+from kiln.engine.workspace import Workspace, reclaim, workspace
 from kiln.epoch import NAME as EPOCH
 from kiln.epoch import rfc3339, source_date_epoch
 from kiln.errors import DockerfileError, KilnError
@@ -131,7 +132,9 @@ class BuildRequest:
     network: str = "host"
     no_cache: bool = False
     isolation: str | None = None  # "oci" or "chroot"; None: default_isolation(), once a build
-    secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=NAME,src=FILE
+    # --secret id=NAME,src=FILE: a file, or (env=VAR) the value itself, written nowhere
+    # but the build's private tmpfs
+    secrets: Mapping[str, Path | bytes] = field(default_factory=dict)
     ssh: Mapping[str, Path] = field(default_factory=dict)  # --ssh ID=AGENT_SOCKET
     pull: bool = False  # check the registry for a newer base image even if one is stored
     insecure_registries: tuple[str, ...] = ()  # plain HTTP or unverified TLS allowed
@@ -164,12 +167,16 @@ class _State:
     # (cache key, index of the layer it made or -1) of each layer step so far: the inline
     # cache an image carries with BUILDKIT_INLINE_CACHE=1.
     cache: list[tuple[str, int]] = field(default_factory=list)
+    # Whether its files came, at some step, from a --cache-from image's layers: what later
+    # steps make of them is this build's alone, never the store's cache.
+    imported: bool = False
 
     def copy(self) -> _State:
         state = _State(list(self.layers), self.config, list(self.history), self.platform, self.key)
         state.args = list(self.args)
         state.diff_ids = list(self.diff_ids)
         state.cache = list(self.cache)
+        state.imported = self.imported
         return state
 
 
@@ -181,7 +188,8 @@ class Builder:
         self.snapshots = Snapshots(store)
         self.output = output
         self.pull_errors: dict[str, str] = {}  # base images that could not be pulled, why
-        (store.root / "work").mkdir(exist_ok=True)
+        (store.root / "work").mkdir(mode=0o700, exist_ok=True)
+        reclaim(store.root)  # what builds killed before they could clean up left behind
 
     @property
     def kind(self) -> str:
@@ -204,8 +212,11 @@ class Builder:
                 # As Buildx passes it on: a stage's ARG SOURCE_DATE_EPOCH shows it to RUN.
                 request = replace(request, build_args={**request.build_args, EPOCH: str(epoch)})
             _check_limits(request)
+            # --cache-from serves this build only: a poisoned image's cache must not reach
+            # the store-wide cache, and through it, builds that never asked for it.
+            imported: dict[str, tuple[str, int, float]] = {}
             for name in request.cache_from:
-                self.import_cache(name, request)
+                imported.update(self.import_cache(name, request))
             marked = frozenset[int]()  # first lines of the instructions marked #!COMMIT
             if request.layering.explicit:
                 document, marked = load_marked(dockerfile_path, str(dockerfile_path))
@@ -220,8 +231,9 @@ class Builder:
             for warning in plan.warnings:
                 self.output(f"warning: {warning}")
             _check_emulation(plan, str(dockerfile_path))
-            with self.store.writing(), _workspace(self.store.root) as work:
+            with self.store.writing(), workspace(self.store.root, "build") as work:
                 run = _Run(self, plan, request, ignore, scan, work, str(dockerfile_path))
+                run.imported = imported
                 state = run.execute()
                 final = next(s for s in plan.stages if s.stage.index == plan.target)
                 groups = layer_groups(request.layering, document, final, state.made_by, marked)
@@ -231,11 +243,12 @@ class Builder:
             tags = [Reference.parse(t) for t in request.tags]
             return merge_layers(self.store, image.manifest_digest, groups, tags=tags)
 
-    def import_cache(self, name: str, request: BuildRequest) -> None:
-        """Take the inline cache of image ``name`` (from the store, else its registry) into
-        this store's step cache, so that steps with the same keys reuse its layers, as
-        ``--cache-from`` does with BuildKit's inline cache. A missing image or one without
-        a cache is a warning, as in docker: the build goes on without it."""
+    def import_cache(self, name: str, request: BuildRequest) -> dict[str, tuple[str, int, float]]:
+        """The inline cache of image ``name`` (from the store, else its registry): step
+        keys with the layers they made (diff_id, size, when), for this build to reuse, as
+        ``--cache-from`` does with BuildKit's inline cache. Their layers go into the store
+        (blobs are checked by content); the keys do not. A missing image, or one without
+        a usable cache, is a warning, as in docker: the build goes on without it."""
         try:
             image = self.store.image(name)
         except KilnError:
@@ -243,16 +256,17 @@ class Builder:
                 image = self.pull(name, request.platform or Platform.host(), request)
             except KilnError as err:
                 self.output(f"warning: --cache-from {name}: {err}")
-                return
-        entries = image.config.get(INLINE_CACHE)
-        if not isinstance(entries, list) or not entries:
+                return {}
+        entries = _inline_cache(image.config.get(INLINE_CACHE), len(image.layers))
+        if not entries:
             self.output(f"warning: --cache-from {name}: the image carries no inline cache "
                         "(build it with --build-arg BUILDKIT_INLINE_CACHE=1)")  # fmt: skip
-            return
+            return {}
         layers, diff_ids = image.layers, image.diff_ids
+        imported: dict[str, tuple[str, int, float]] = {}
         for key, index in entries:
             if index < 0:
-                self.store.remember_layer(key, "", 0, image.created)
+                imported[key] = ("", 0, image.created)
                 continue
             diff_id = diff_ids[index]
             if not self.store.has_blob(diff_id):  # pulled compressed: steps use it unpacked
@@ -262,8 +276,9 @@ class Builder:
                         lambda out: shutil.copyfileobj(stream, out), expected=diff_id
                     )
             size = os.path.getsize(self.store.blob_path(diff_id))
-            self.store.remember_layer(key, diff_id, size, image.created)
+            imported[key] = (diff_id, size, image.created)
         self.output(f"cache from {name}: {len(entries)} steps")
+        return imported
 
     def _resolve_base(
         self, name: str, platform: Platform, request: BuildRequest
@@ -328,17 +343,6 @@ class Builder:
         return self.store.add_image(manifest, [Reference.parse(t) for t in request.tags])
 
 
-@contextmanager
-def _workspace(root: Path) -> Iterator[Path]:
-    """Scratch space of one build, on the store's filesystem (overlay needs that)."""
-    (root / "work").mkdir(exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="build-", dir=root / "work"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 class _Run:
     """One execution of a plan."""
 
@@ -349,7 +353,7 @@ class _Run:
         request: BuildRequest,
         ignore: IgnoreRules | None,
         scan: ContextScan,
-        work: Path,
+        work: Workspace,
         dockerfile: str,
     ) -> None:
         cache = DigestCache(builder.store.root / "cache" / "context.db")
@@ -368,7 +372,8 @@ class _Run:
         self.plan = plan
         self.request = request
         self.ignore = ignore
-        self.work = work
+        self.workspace = work
+        self.work = work.path
         self.dockerfile = dockerfile
         self.states: dict[int, _State] = {}
         self.total = sum(len(s.steps) for s in plan.stages)
@@ -391,6 +396,7 @@ class _Run:
         # What ADD fetched for its cache key, for the step to copy without asking again.
         self.downloads: dict[tuple[str, str], Download] = {}  # by (URL, --checksum)
         self.commits: dict[GitSource, str] = {}
+        self.imported: dict[str, tuple[str, int, float]] = {}  # --cache-from's, this build's
 
     def build_time(self) -> float:
         """When this image was built: SOURCE_DATE_EPOCH if set; else now, or, if every step
@@ -525,7 +531,14 @@ class _Run:
         epoch = {} if self.epoch is None else {"epoch": self.epoch}
         key = sha256_digest(canonical_json({"parent": parent, **key_parts, **epoch}))
         entry = _entry(self.history_text(state, step))
-        cached = None if self.request.no_cache else self.store.cached_layer(key)
+        if self.reads_imported(step):
+            state.imported = True
+        cached = None
+        if not self.request.no_cache:
+            cached = self.store.cached_layer(key)
+            if cached is None and key in self.imported:
+                cached = self.imported[key]
+                state.imported = True
         if cached is not None:
             self.builder.output(f"#{self.current.number} CACHED")
             diff_id, size, built = cached
@@ -535,17 +548,33 @@ class _Run:
         else:
             run = self.run_linked if linked else self.run_on_overlay
             diff_id, size = run(state, step, action)
-            self.store.remember_layer(key, diff_id, size, self.started)
+            if state.imported:  # made from an imported cache's files: this build's only
+                self.imported[key] = (diff_id, size, self.started)
+            else:
+                self.store.remember_layer(key, diff_id, size, self.started)
             self.fresh = True
             self.add_layer(state, entry, diff_id, size)
         state.cache.append((key, len(state.layers) - 1 if diff_id else -1))
         state.key = sha256_digest(f"{state.key} {key}".encode()) if linked else key
 
+    def reads_imported(self, step: Step) -> bool:
+        """Whether ``step`` reads a stage whose files came from an imported cache (COPY
+        --from, RUN --mount from=)."""
+        instruction = step.instruction
+        names = [m.from_ for m in instruction.resolved_mounts] if isinstance(
+            instruction, Run
+        ) else [instruction.from_] if isinstance(instruction, Copy) else []  # fmt: skip
+        stages = [self.plan.dockerfile.stage(name) for name in names if name]
+        return any(
+            found is not None and found.index in self.states and self.states[found.index].imported
+            for found in stages
+        )
+
     def run_linked(
         self, state: _State, step: Step, action: Callable[[_State, Step, Path], None]
     ) -> tuple[str, int]:
         """(diff_id, size) of ``action`` run on an empty directory: a ``--link`` layer."""
-        upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.snapshots.root))
+        upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.work))
         upper.chmod(0o755)
         try:
             action(state, step, upper)
@@ -584,10 +613,10 @@ class _Run:
         self, state: _State, step: Step, action: Callable[[_State, Step, Path], None]
     ) -> tuple[str, int]:
         """(diff_id, size) of what ``action`` changed; ('', 0) when it changed nothing."""
-        upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.snapshots.root))
+        upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.work))
         upper.chmod(0o755)  # the upper dir's own mode is what "/" looks like in the step
         try:
-            work = Path(tempfile.mkdtemp(prefix="ovl-", dir=self.snapshots.root))
+            work = Path(tempfile.mkdtemp(prefix="ovl-", dir=self.work))
             merged = self.work / f"merged-{uuid.uuid4().hex[:8]}"
             merged.mkdir()
             lowers = [self.snapshots.get(layer.digest) for layer in state.layers]
@@ -892,7 +921,7 @@ class _Run:
             extra_hosts=tuple(self.request.extra_hosts), shm_size=self.request.shm_size,
             limits=self.request.limits,
         )  # fmt: skip
-        bundle = self.work / f"bundle-{uuid.uuid4().hex[:8]}"
+        bundle = self.workspace.private() / f"bundle-{uuid.uuid4().hex[:8]}"
         command = f"RUN {' '.join(args[2:] if instruction.shell_form else args)!s}"
         try:
             status = run(rootfs, spec, bundle, output, self.request.isolation, self.live)
@@ -957,12 +986,15 @@ class _Run:
                         "pass it with --secret id=" + name + ",src=FILE",
                     )
                 return None
+            value = secret if isinstance(secret, bytes) else secret.read_bytes()
             if mount.env:
-                env.append(f"{mount.env}={secret.read_text().rstrip(chr(10))}")
+                env.append(f"{mount.env}={value.decode(errors='replace').rstrip(chr(10))}")
                 if not target:
                     return None
-            copy = self.work / f"secret-{uuid.uuid4().hex[:8]}"
-            shutil.copyfile(secret, copy)
+            copy = self.workspace.private() / f"secret-{uuid.uuid4().hex[:8]}"
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(value)
             os.chmod(copy, mount.mode if mount.mode is not None else 0o400)
             os.chown(copy, mount.uid or 0, mount.gid or 0)
             return RuntimeMount(
@@ -1264,6 +1296,22 @@ def _checked_volumes(request: BuildRequest) -> tuple[Volume, ...]:
 INLINE_CACHE = "kiln.cache.v1"  # the image config's field for its inline cache
 
 
+def _inline_cache(entries: object, layers: int) -> list[tuple[str, int]]:
+    """An image's inline cache, as (step key, index of its layer or -1); [] if it has none
+    or it is malformed (it comes from the image, like everything else in it)."""
+    if not isinstance(entries, list):
+        return []
+    checked = []
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 2):
+            return []
+        key, index = entry
+        if not (isinstance(key, str) and type(index) is int and -1 <= index < layers):
+            return []
+        checked.append((key, index))
+    return checked
+
+
 def _wants_inline_cache(request: BuildRequest) -> bool:
     """BUILDKIT_INLINE_CACHE=1 asks for it, as with BuildKit. An image whose layers are
     regrouped afterwards (--squash...) has no layer per step to point at, so none."""
@@ -1295,9 +1343,9 @@ def _check_emulation(plan: BuildPlan, file: str) -> None:
             )
 
 
-def _secret_texts(path: Path) -> set[str]:
+def _secret_texts(secret: Path | bytes) -> set[str]:
     """A secret's value as a step could print it: whole, and without its final newline."""
-    text = path.read_bytes().decode(errors="replace")
+    text = (secret if isinstance(secret, bytes) else secret.read_bytes()).decode(errors="replace")
     return {text, text.rstrip("\n")} - {""}
 
 

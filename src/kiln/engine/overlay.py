@@ -25,13 +25,16 @@ class MountError(KilnError):
         self.errno = code
 
 
-def _mount(source: str, target: Path, fstype: str, options: str) -> None:
-    if _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), 0, options.encode()):
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+
+
+def mount(source: str, target: Path, fstype: str, options: str, flags: int = 0) -> None:
+    if _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), flags, options.encode()):
         code = ctypes.get_errno()
         raise MountError(f"cannot mount {fstype} on {target}: {os.strerror(code)}", code)
 
 
-def _umount(target: Path) -> None:
+def unmount(target: Path) -> None:
     if _libc.umount2(os.fsencode(target), _MNT_DETACH):
         code = ctypes.get_errno()
         raise MountError(f"cannot unmount {target}: {os.strerror(code)}", code)
@@ -71,21 +74,21 @@ def overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> It
     try:
         yield target
     finally:
-        _umount(target)
+        unmount(target)
 
 
 def _mount_overlay(target: Path, options: str) -> None:
     global _volatile
     if _volatile is not False:
         try:
-            _mount("overlay", target, "overlay", options + ",volatile")
+            mount("overlay", target, "overlay", options + ",volatile")
             _volatile = True
             return
         except MountError as err:
             if _volatile or err.errno != errno.EINVAL:
                 raise
             _volatile = False  # an older kernel: mount without it from now on
-    _mount("overlay", target, "overlay", options)
+    mount("overlay", target, "overlay", options)
 
 
 def _options(paths: list[str]) -> str:

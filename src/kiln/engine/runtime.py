@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.engine.workspace import RUNC, record_process
 from kiln.errors import KilnError
 from kiln.tree import Tree, TreeError, create_file, opened, set_metadata
 
-RUNC = "runc"
 CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
@@ -348,6 +348,8 @@ def _run_in(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as one (see _stopper)
         )
+        if isolation != "oci":
+            record_process(bundle, process.pid)  # runc's containers are found by its state
         if live is not None:
             live.add(container, _stopper(process, isolation, bundle, container))
         assert process.stdout is not None

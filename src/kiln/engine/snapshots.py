@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from kiln import tree
+from kiln.engine.workspace import workspace
 from kiln.errors import KilnError
 from kiln.oci.layer import OPAQUE_MARKER, OPAQUE_XATTRS, WHITEOUT_PREFIX, open_decompressed
 from kiln.oci.objects import parse_digest
@@ -49,6 +50,27 @@ class Snapshots:
         self.store = store
         self.root = store.root / "snapshots"
         self.root.mkdir(exist_ok=True)
+        self._check_boot()
+
+    def _check_boot(self) -> None:
+        """Snapshots are written without syncing (an overlay's upper dir is mounted
+        ``volatile``, renames are not synced): they hold only for the boot that wrote them.
+        After a reboot (a crash, perhaps, that left them half written) they are dropped, to
+        be unpacked again from their blobs, which are synced."""
+        marker = self.root / _BOOT
+        boot = _boot_id()
+        if _read(marker) == boot:
+            return
+        with self.store.lock():
+            if _read(marker) == boot:
+                return  # another process of this boot did it meanwhile
+            suspect = [p for p in self.root.iterdir() if p.name != _BOOT]
+            if suspect:
+                trash = Path(tempfile.mkdtemp(prefix="trash-", dir=self.store.root / "work"))
+                for path in suspect:
+                    path.rename(trash / path.name)
+                shutil.rmtree(trash, ignore_errors=True)
+            self.store.write_atomic(marker, boot.encode())
 
     def path(self, diff_id: str) -> Path:
         return self.root / parse_digest(diff_id, "layer").removeprefix("sha256:")
@@ -66,14 +88,12 @@ class Snapshots:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A fresh directory beside the snapshots; removed unless adopted."""
-        path = Path(tempfile.mkdtemp(prefix="staging-", dir=self.root))
-        path.chmod(0o755)  # a layer's root is "/" of the images built on it
-        try:
+        """A fresh directory on the snapshots' filesystem, in a workspace of its own (so
+        that a process killed while unpacking leaves nothing the next one keeps)."""
+        with workspace(self.store.root, "unpack") as scratch:
+            path = scratch.path / "layer"
+            path.mkdir(mode=0o755)  # a layer's root is "/" of the images built on it
             yield path
-        finally:
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
 
     def adopt(self, directory: Path, diff_id: str) -> Path:
         """Make ``directory`` (an overlay-format diff) the snapshot of ``diff_id``."""
@@ -84,6 +104,23 @@ class Snapshots:
             if not target.is_dir():  # not a concurrent unpack of the same layer: a real error
                 raise
         return target
+
+
+_BOOT = ".boot-id"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 # -- applying layers ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -115,11 +116,16 @@ class Store:
         self.blobs = self.root / "blobs" / "sha256"
         self.tmp = self.root / "tmp"
         try:
+            # Private to the user running kiln: its snapshots hold images' setuid binaries
+            # and device nodes, its caches what builds fetched.
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if stat.S_IMODE(self.root.stat().st_mode) != 0o700:
+                self.root.chmod(0o700)
             self.blobs.mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(exist_ok=True)
             layout = self.root / "oci-layout"
             if not layout.exists():
-                self._write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}')
+                self.write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}')
         except OSError as err:
             raise StoreError(f"cannot use {self.root} as kiln's store: {err.strerror}") from None
         # One connection, shared by a build's threads (stages run in parallel): every use of
@@ -155,7 +161,8 @@ class Store:
         with _flock(self.root / "gc.lock", fcntl.LOCK_SH):
             yield
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        """``path`` holds ``data`` whole, or what it held before, even after a crash."""
         fd, temp = tempfile.mkstemp(dir=self.tmp if self.tmp.exists() else path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -163,6 +170,7 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, path)
+            _sync_directory(path.parent)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -192,7 +200,7 @@ class Store:
             raise StoreError(f"blob content does not match its digest {expected}")
         path = self.blob_path(digest)
         if not path.exists():
-            self._write_atomic(path, data)
+            self.write_atomic(path, data)
         return digest
 
     def put_blob_stream(
@@ -215,6 +223,7 @@ class Store:
                 os.unlink(temp)
             else:
                 os.replace(temp, path)
+                _sync_directory(self.blobs)  # the rename too must survive a crash
             return digest, hashing.size
         except BaseException:
             with contextlib.suppress(OSError):
@@ -495,7 +504,15 @@ class Store:
             annotations = {CONTAINERD_NAME: name, REF_NAME: reference.tag or reference.digest}
             manifests.append(Descriptor(MANIFEST, digest, size, annotations).to_json())
         index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests}
-        self._write_atomic(self.root / "index.json", canonical_json(index))
+        self.write_atomic(self.root / "index.json", canonical_json(index))
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _tree_size(path: Path) -> int:
