@@ -28,7 +28,7 @@ from tests.processes import kiln_command
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KILN_TEST_CACHE", "/var/cache/kiln-tests"))
 BUILDROOT_TIMINGS: dict[str, float] = {}  # how long each part of the last build took
-PACKAGES = ("python3", "python3-venv", "git", "runc", "ca-certificates")
+PACKAGES = ("python3", "python3-venv", "git", "runc", "slirp4netns", "ca-certificates")
 BASE_IMAGE = "kiln-test/buildroot-base:bookworm"
 IMAGE = "kiln-buildroot:test"
 # What pip installs in the image: kiln and its dependencies from the context's wheelhouse only.
@@ -36,7 +36,8 @@ PIP_INSTALL = "--no-index --find-links /usr/src/kiln/wheels kiln"
 
 
 def base_tar(cache_dir: Path = CACHE) -> Path:
-    """Debian bookworm minbase with python3, python3-venv, git, runc and ca-certificates,
+    """Debian bookworm minbase with python3, python3-venv, git, runc, slirp4netns and
+    ca-certificates,
     kept as a tar in ``cache_dir``."""
     tag = hashlib.sha256(" ".join(PACKAGES).encode()).hexdigest()[:8]
     return debootstrap_tar(cache_dir / f"bookworm-buildroot-{tag}.tar", PACKAGES)
@@ -173,7 +174,7 @@ def privileged_mode(engine: DockerEngine, image: str) -> Privileged:
     flags = (
         "--cap-add", "ALL", *drop, "--security-opt", "seccomp=unconfined",
         "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
-        "--device-cgroup-rule", "a *:* rwm",
+        "--device-cgroup-rule", "a *:* rwm", "--device", "/dev/net/tun",
     )  # fmt: skip
     return Privileged(flags, REMOUNT_RW, probe.stderr.strip().splitlines()[-1])
 

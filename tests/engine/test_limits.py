@@ -150,7 +150,9 @@ def test_incubator_passes_container_limits_through(client: Client, tmp_path: Pat
                         container_limits={"memory": "33554432", "memswap": 32 << 20})  # fmt: skip
 
 
-def test_network_none_leaves_a_step_only_loopback(kiln_root: Path, tmp_path: Path) -> None:
+def test_each_network_mode_shows_its_interfaces(kiln_root: Path, tmp_path: Path) -> None:
+    """default: a namespace of the build's own (loopback and slirp4netns's tap0); host: the
+    host's interfaces; none: loopback alone."""
     lines = Path("/proc/net/dev").read_text().splitlines()[2:]
     host = sorted(line.split(":")[0].strip() for line in lines)
     if host == ["lo"]:
@@ -164,7 +166,8 @@ def test_network_none_leaves_a_step_only_loopback(kiln_root: Path, tmp_path: Pat
         invoke("build", *flags, "-o", f"type=local,dest={out}", str(ctx))
         return (out / "default.txt").read_text().split(), (out / "none.txt").read_text().split()
 
-    assert seen() == (host, ["lo"])
+    assert seen() == (["lo", "tap0"], ["lo"])
+    assert seen("--network", "host") == (host, ["lo"])
     assert seen("--network", "none") == (["lo"], ["lo"])
 
 

@@ -167,18 +167,23 @@ def test_where_the_store_lives(
         assert re.search(r"^buildroot-test/inside +1 ", listing, re.M)
 
 
-def test_without_writable_cgroups_kiln_isolates_with_chroot(
+def test_without_writable_cgroups_kiln_says_so_and_chroot_is_asked_for(
     docker_engine: DockerEngine, buildroot_image: str, shared: Path
 ) -> None:
-    """Not privileged, only CAP_SYS_ADMIN: the cgroup hierarchies are mounted read-only and
-    runc cannot make the step's cgroup; kiln sees that and isolates RUN steps with chroot,
-    unless told to use runc (which then fails, saying why)."""
-    unprivileged = Privileged(("--cap-add", "SYS_ADMIN"))
+    """Not privileged, only CAP_SYS_ADMIN (and CAP_NET_ADMIN and /dev/net/tun, for the default
+    network: slirp4netns makes its tap device): the
+    cgroup hierarchies are mounted read-only and runc cannot make the step's cgroup. kiln
+    says so before any step runs, and never falls back to a weaker sandbox by itself; with
+    --isolation chroot (or KILN_ISOLATION=chroot) it builds."""
+    unprivileged = Privileged(
+        ("--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN", "--device", "/dev/net/tun")
+    )
     build = "kiln build --progress plain -t buildroot-test/inside"
     script = (
         f"{CGROUP_PROBE}kiln import /run/kiln/busybox.tar busybox:base; "
-        f"{build}:oci --isolation oci /run/kiln/context || echo runc failed; "
-        f"{build}:1 /run/kiln/context; "
+        f"{build}:oci /run/kiln/context || echo runc refused; "
+        f"{build}:1 --isolation chroot /run/kiln/context; "
+        f"KILN_ISOLATION=chroot {build}:2 /run/kiln/context; "
         "kiln images; kiln save -o /run/kiln/inside.tar buildroot-test/inside:1"
     )
     result = run_buildroot(
@@ -186,10 +191,11 @@ def test_without_writable_cgroups_kiln_isolates_with_chroot(
         privileged=unprivileged, volumes={str(shared): "/run/kiln"},
     )  # fmt: skip
     out = succeeded(result, unprivileged)
-    assert "cgroups ro" in out and "runc failed" in out
-    assert "unable to apply cgroup configuration" in result.stderr
-    assert "read-only file system" in result.stderr
+    assert "cgroups ro" in out and "runc refused" in out
+    assert "runc needs writable cgroups, which this machine mounts read-only" in result.stderr
+    assert "--isolation chroot" in result.stderr
     assert re.search(r"^buildroot-test/inside +1 ", out, re.M)
+    assert re.search(r"^buildroot-test/inside +2 ", out, re.M)
     assert not re.search(r"^buildroot-test/inside +oci ", out, re.M)
     docker_engine.run("load", "-i", str(shared / "inside.tar"))
     assert docker_engine.run("run", "--rm", "--network", "none", "buildroot-test/inside:1") == (

@@ -4,8 +4,8 @@ kiln's buildroot image on a private dockerd, with a registry on the host's loopb
 Where this machine's engine cannot start ``--privileged`` containers at all (a capability
 bounding set without CAP_SYS_RESOURCE: runc says "unable to apply caps"), the privileged
 mode gets the closest thing through ``container_options``: every capability the engine has,
-no seccomp or AppArmor, every device; kiln inside then sees read-only cgroups and isolates
-RUN steps with chroot instead of runc.
+no seccomp or AppArmor, every device (and /dev/net/tun, for the default network); kiln
+inside then sees read-only cgroups, and the build asks for the chroot isolation.
 """
 
 from __future__ import annotations
@@ -41,8 +41,14 @@ def privileges(privileged: Privileged) -> dict[str, Any]:
     return {
         "privileged": False, "cap_add": ["ALL"], "cap_drop": missing_capabilities(),
         "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
-        "device_cgroup_rules": ["a *:* rwm"],
+        "device_cgroup_rules": ["a *:* rwm"], "devices": ["/dev/net/tun:/dev/net/tun"],
     }  # fmt: skip
+
+
+def isolation(privileged: Privileged) -> dict[str, Any]:
+    """Where --privileged is emulated, the cgroups are read-only and runc cannot run: the
+    build asks for the chroot isolation (kiln never chooses it for the user)."""
+    return {"isolation": "chroot"} if privileged.emulated else {}
 
 
 @pytest.fixture
@@ -70,7 +76,7 @@ def test_a_build_in_the_privileged_buildroot_pushes_and_returns_full_results(
         postbuild_plugins=[{"name": "tag_by_labels", "args": {"floating": False}}],
         exit_plugins=[{"name": "store_metadata", "args": {"path": "meta.json"}}],
         docker_base_url=docker_engine.host, container_options=privileges(privileged),
-        output_dir=tmp_path / "out", output=lines.append,
+        output_dir=tmp_path / "out", output=lines.append, **isolation(privileged),
     )  # fmt: skip
     assert not results.failed, f"{results.error}\n" + "\n".join(lines[-20:])
     assert results.commit == commit

@@ -27,7 +27,9 @@ _PROXY_ARGS = {
     "httpProxy": "HTTP_PROXY", "httpsProxy": "HTTPS_PROXY", "ftpProxy": "FTP_PROXY",
     "noProxy": "NO_PROXY", "allProxy": "ALL_PROXY",
 }  # fmt: skip
-_NETWORKS = {None: "host", "default": "host", "bridge": "host", "host": "host", "none": "none"}
+# docker-py's network modes: its default (a bridge) is a private network here too.
+_NETWORKS = {None: "default", "default": "default", "bridge": "default", "host": "host",
+             "none": "none"}  # fmt: skip
 _ISOLATIONS = {None: None, "default": None, "process": None, "oci": "oci", "chroot": "chroot"}
 
 
@@ -79,7 +81,9 @@ def build_native(
             f"(native builds: {', '.join(DOCKER_LIMITS)})"
         )
     if network_mode not in _NETWORKS:
-        raise NotSupported(f"build: network_mode {network_mode!r} (native builds: host, none)")
+        raise NotSupported(
+            f"build: network_mode {network_mode!r} (native builds: default, bridge, host, none)"
+        )
     if isolation not in _ISOLATIONS:
         raise NotSupported(f"build: isolation {isolation!r} (native builds: oci, chroot)")
     args = dict(_config_proxies() if use_config_proxy else {})

@@ -1,7 +1,8 @@
 """The ``kiln`` command: a thin shell over the library.
 
-Every ``KilnError`` becomes one line on stderr and exit status 1; nothing else is caught, so a
-traceback always means a bug in kiln.
+Every ``KilnError`` becomes one line on stderr and exit status 1, and so do the failures of
+the machine itself (a full disk, an unreadable file, a damaged store database); nothing else
+is caught, so a traceback always means a bug in kiln.
 """
 
 from __future__ import annotations
@@ -43,15 +44,28 @@ class _KilnGroup(click.Group):
     after SIGTERM)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import sqlite3
+
         try:
             return super().invoke(ctx)
         except (KilnError, Terminated) as err:
-            from rich.console import Console
-            from rich.markup import escape
-
-            stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-            stderr.print(f"[bold red]error:[/] {escape(str(err))}")
+            _report(str(err))
             sys.exit(143 if isinstance(err, Terminated) else 1)
+        except OSError as err:  # the machine's, not kiln's: ENOSPC, EACCES, EIO...
+            where = f": {err.filename}" if err.filename else ""
+            _report(f"{(err.strerror or str(err)).lower()}{where}")
+            sys.exit(1)
+        except sqlite3.Error as err:
+            _report(f"kiln's store database: {err}")
+            sys.exit(1)
+
+
+def _report(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}")
 
 
 @click.group(cls=_KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -391,7 +405,16 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
     help="The image's platform: picks base images for it (default: this machine's).",
 )  # fmt: skip
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Add a label.")
-@click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
+@click.option(
+    "--network", type=click.Choice(["default", "host", "none"]), default="default",
+    show_default=True,
+    help="RUN steps' network: default (a private one, reaching out through slirp4netns), "
+    "host (the host's), none.",
+)  # fmt: skip
+@click.option(
+    "--allow", "allow", multiple=True, type=click.Choice(["network.host", "security.insecure"]),
+    help="Let the Dockerfile's RUN steps have this (RUN --network=host, --security=insecure).",
+)  # fmt: skip
 @click.option("--no-cache", is_flag=True, help="Build every step afresh.")
 @click.option(
     "--cache-from", "cache_from", multiple=True, metavar="IMAGE",
@@ -429,8 +452,9 @@ _INSECURE_HELP = "Use plain HTTP or unverified TLS for this registry (repeatable
 )  # fmt: skip
 @click.option(
     "--isolation", type=click.Choice(["oci", "chroot"]), default=None,
-    help="How RUN steps are isolated (default: oci where runc is installed and cgroups are "
-    "writable, else chroot).",
+    help="How RUN steps are isolated: oci (runc, the default; $KILN_ISOLATION changes it) "
+    "or chroot (kiln's own sandbox: namespaces, pivot_root, seccomp, no cgroups). kiln never "
+    "picks chroot by itself.",
 )  # fmt: skip
 @click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image ID here.")
 @click.option(
@@ -493,6 +517,7 @@ def build_command(
     build_platform: str,
     labels: tuple[str, ...],
     network: str,
+    allow: tuple[str, ...],
     no_cache: bool,
     cache_from: tuple[str, ...],
     squash: bool,
@@ -527,7 +552,8 @@ def build_command(
         ignored = {"CONTEXT": context, "--output": outputs, "--load": load, "--secret": secrets,
                    "--ssh": ssh_agents, "--platform": build_platform,
                    "--add-host": add_hosts, "--volume": volumes, "--label": labels,
-                   "--network": network != "host", "--shm-size": shm_size != "64m",
+                   "--network": network != "default", "--allow": allow,
+                   "--shm-size": shm_size != "64m",
                    "--squash": squash, "--commit explicit": commit == "explicit",
                    "--cache-from": cache_from,
                    "--memory, --memory-swap, --cpu-shares, --cpuset-cpus": limits}  # fmt: skip
@@ -589,6 +615,7 @@ def build_command(
             target=target,
             labels=_parse_labels(labels),
             network=network,
+            allow=allow,
             no_cache=no_cache,
             isolation=isolation,
             secrets=_parse_secrets(secrets),
@@ -827,10 +854,21 @@ def _build_on_engine(
 
 @cli.command("run", context_settings={"allow_interspersed_args": False})
 @click.option("--rm", is_flag=True, help="Accepted for docker's sake: kiln never keeps containers.")
-@click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
+@click.option(
+    "--network", type=click.Choice(["default", "host", "none"]), default="default",
+    show_default=True,
+    help="The container's network: default (a private one, reaching out through "
+    "slirp4netns), host (the host's), none.",
+)  # fmt: skip
+@click.option(
+    "--isolation", type=click.Choice(["oci", "chroot"]), default=None,
+    help="runc (oci, the default), or kiln's own sandbox (chroot), as for RUN steps.",
+)  # fmt: skip
 @click.argument("image")
 @click.argument("command", nargs=-1)
-def run_command(rm: bool, network: str, image: str, command: tuple[str, ...]) -> None:
+def run_command(
+    rm: bool, network: str, isolation: str | None, image: str, command: tuple[str, ...]
+) -> None:
     """Run an image's entrypoint and command (or COMMAND) in a throwaway container."""
     from kiln.engine.container import run_image
 
@@ -838,7 +876,7 @@ def run_command(rm: bool, network: str, image: str, command: tuple[str, ...]) ->
         sys.stdout.buffer.write(line)
         sys.stdout.buffer.flush()
 
-    status = run_image(_store(), image, list(command), network, output)
+    status = run_image(_store(), image, list(command), network, output, isolation)
     sys.exit(status)
 
 

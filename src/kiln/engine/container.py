@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kiln.dockerfile.config import from_oci
+from kiln.engine.network import DEFAULT, PrivateNetwork
 from kiln.engine.runtime import ProcessSpec, run
 from kiln.engine.snapshots import Snapshots
 from kiln.engine.snapshotter import mounted, snapshotter
@@ -19,6 +20,7 @@ def run_image(
     command: list[str],
     network: str,
     output: Callable[[bytes], None],
+    isolation: str | None = None,
 ) -> int:
     """Run ``command`` (or the image's entrypoint + cmd); returns the exit status."""
     image = store.image(name)
@@ -33,6 +35,13 @@ def run_image(
         upper, work, merged = (scratch.path / name for name in ("upper", "work", "merged"))
         for path in (upper, work, merged):
             path.mkdir(mode=0o755)
-        with mounted(lowers, upper, work, merged, kind=snapshotter(store.root / "work")):
-            spec = ProcessSpec(args, config.env, config.working_dir or "/", config.user, network)
-            return run(merged, spec, scratch.private() / "bundle-run", output)
+        private = PrivateNetwork(scratch.path)
+        try:
+            with mounted(lowers, upper, work, merged, kind=snapshotter(store.root / "work")):
+                netns = str(private.namespace()) if network == DEFAULT else ""
+                spec = ProcessSpec(
+                    args, config.env, config.working_dir or "/", config.user, network, netns
+                )
+                return run(merged, spec, scratch.private() / "bundle-run", output, isolation)
+        finally:
+            private.close()

@@ -57,6 +57,7 @@ from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, jo
 from kiln.engine.copying import Deferred, copy_into, cp_contents, glob, makedirs, write_file
 from kiln.engine.history import created_by
 from kiln.engine.layering import Layering, check_layering, layer_groups, load_marked
+from kiln.engine.network import DEFAULT, HOST, MODES, PrivateNetwork
 from kiln.engine.remote import (
     Download,
     GitSource,
@@ -75,6 +76,7 @@ from kiln.engine.runtime import (
     OutOfMemory,
     ProcessSpec,
     RuntimeMount,
+    check_isolation,
     default_isolation,
     resolve_user,
     run,
@@ -129,7 +131,8 @@ class BuildRequest:
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
-    network: str = "host"
+    network: str = DEFAULT  # RUN steps' network: default (a private one), host or none
+    allow: tuple[str, ...] = ()  # entitlements, as BuildKit's: network.host, security.insecure
     no_cache: bool = False
     isolation: str | None = None  # "oci" or "chroot"; None: default_isolation(), once a build
     # --secret id=NAME,src=FILE: a file, or (env=VAR) the value itself, written nowhere
@@ -230,11 +233,15 @@ class Builder:
             )
             for warning in plan.warnings:
                 self.output(f"warning: {warning}")
+            _check_run_steps(plan, request, str(dockerfile_path))
             _check_emulation(plan, str(dockerfile_path))
             with self.store.writing(), workspace(self.store.root, "build") as work:
                 run = _Run(self, plan, request, ignore, scan, work, str(dockerfile_path))
                 run.imported = imported
-                state = run.execute()
+                try:
+                    state = run.execute()
+                finally:
+                    run.network.close()
                 final = next(s for s in plan.stages if s.stage.index == plan.target)
                 groups = layer_groups(request.layering, document, final, state.made_by, marked)
                 if not groups:
@@ -397,6 +404,7 @@ class _Run:
         self.downloads: dict[tuple[str, str], Download] = {}  # by (URL, --checksum)
         self.commits: dict[GitSource, str] = {}
         self.imported: dict[str, tuple[str, int, float]] = {}  # --cache-from's, this build's
+        self.network = PrivateNetwork(self.work, builder.output)  # made when first needed
 
     def build_time(self) -> float:
         """When this image was built: SOURCE_DATE_EPOCH if set; else now, or, if every step
@@ -678,7 +686,7 @@ class _Run:
             "security": instruction.security,
             "mounts": [self.mount_key(m) for m in instruction.resolved_mounts],
             # as in BuildKit's exec op: what the step could see of these is part of its key
-            **({"build_network": self.request.network} if self.request.network != "host" else {}),
+            **({"build_network": self.request.network} if self.request.network != DEFAULT else {}),
             **({"hosts": list(self.request.extra_hosts)} if self.request.extra_hosts else {}),
             **({"shm": self.request.shm_size} if self.request.shm_size != 64 << 20 else {}),
             **({"volumes": volumes} if volumes else {}),
@@ -915,9 +923,14 @@ class _Run:
             del tail[:-_TAIL_LINES]
             self.builder.output(f"#{number} {text}")
 
-        network = instruction.network if instruction.network != "default" else self.request.network
+        network = instruction.network if instruction.network != DEFAULT else self.request.network
+        try:
+            netns = str(self.network.namespace()) if network == DEFAULT else ""
+        except KilnError as err:
+            raise self.error(instruction, str(err)) from None
         spec = ProcessSpec(
-            args, env, step.workdir, state.config.user, network, mounts=tuple(mounts),
+            args, env, step.workdir, state.config.user, network, netns=netns,
+            privileged=instruction.security == "insecure", mounts=tuple(mounts),
             extra_hosts=tuple(self.request.extra_hosts), shm_size=self.request.shm_size,
             limits=self.request.limits,
         )  # fmt: skip
@@ -1264,6 +1277,41 @@ class _Run:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+ENTITLEMENTS = ("network.host", "security.insecure")
+
+
+def _check_run_steps(plan: BuildPlan, request: BuildRequest, file: str) -> None:
+    """Before anything runs: that RUN steps can be isolated here, and that no RUN asks for
+    more than the user allowed (a Dockerfile is untrusted: ``RUN --network=host`` and
+    ``--security=insecure`` need BuildKit's entitlements, given with ``--allow``)."""
+    steps = [s.instruction for stage in plan.stages for s in stage.steps]
+    runs = [step for step in steps if isinstance(step, Run)]
+    if not runs:
+        return
+    unknown = set(request.allow) - set(ENTITLEMENTS)
+    if unknown:
+        raise KilnError(f"--allow {', '.join(sorted(unknown))}: kiln knows "
+                        f"{' and '.join(ENTITLEMENTS)}")  # fmt: skip
+    if request.network not in MODES:
+        raise KilnError(f"--network {request.network}: expected {', '.join(MODES)}")
+    check_isolation(request.isolation or "oci")
+    for step in runs:
+        wanted = [
+            entitlement
+            for entitlement, asked in (
+                ("network.host", step.network == HOST and request.network != HOST),
+                ("security.insecure", step.security == "insecure"),
+            )
+            if asked and entitlement not in request.allow
+        ]
+        if wanted:
+            flag = "--network=host" if wanted[0] == "network.host" else "--security=insecure"
+            raise BuildError(
+                f"RUN {flag} is not allowed", line=step.location.start_line, file=file,
+                hint=f"allow it with --allow {wanted[0]}",
+            )  # fmt: skip
 
 
 def _check_limits(request: BuildRequest) -> None:

@@ -1,8 +1,10 @@
 """Running a process in a root filesystem through an OCI runtime (runc).
 
-Each RUN gets a bundle: a ``config.json`` with mount, PID, IPC and UTS namespaces, /proc,
-/sys, /dev, /dev/shm, the image's environment plus the step's build args, the user and groups
-resolved from the image's own /etc/passwd and /etc/group, and /etc/hosts and
+Each RUN gets a bundle (in the build's private tmpfs): a ``config.json`` with mount, PID,
+IPC and UTS namespaces and the build's network namespace (``kiln.engine.network``), /proc,
+/sys, /dev, /dev/shm, Docker's default capabilities, masked and read-only paths and seccomp
+profile (``kiln.engine.seccomp``), the image's environment plus the step's build args, the
+user and groups resolved from the image's own /etc/passwd and /etc/group, and /etc/hosts and
 /etc/resolv.conf bound read-only from the bundle. Mount points that had to be created for
 the run are removed afterwards, so none of this lands in the layer. The container's cgroup
 is named (``cgroupsPath``), carries the step's resource limits, and is kept until the
@@ -25,10 +27,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.engine.network import DEFAULT, NONE, RESOLV_CONF
+from kiln.engine.seccomp import runc_profile
 from kiln.engine.workspace import RUNC, record_process
 from kiln.errors import KilnError
 from kiln.tree import Tree, TreeError, create_file, opened, set_metadata
 
+# Every capability, in the order of their numbers (linux/capability.h).
+CAPABILITY_NAMES = [
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
+    "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+    "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+    "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+]  # fmt: skip
+# Docker's default set: what a RUN step keeps.
 CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
@@ -155,7 +170,9 @@ class ProcessSpec:
     env: Sequence[str]
     cwd: str = "/"
     user: str = ""
-    network: str = "host"  # "host" or "none"
+    network: str = DEFAULT  # default (a private namespace, its file is netns), host or none
+    netns: str = ""  # the file the build's private network namespace is bound to
+    privileged: bool = False  # RUN --security=insecure, allowed: every capability, no seccomp
     hostname: str = "kiln"
     mounts: tuple[RuntimeMount, ...] = ()
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, address) lines for /etc/hosts
@@ -234,11 +251,36 @@ def runtime_available() -> bool:
     return shutil.which(RUNC) is not None
 
 
+ISOLATIONS = ("oci", "chroot")
+
+
 def default_isolation() -> str:
-    """``oci`` where runc is installed and can make cgroups, ``chroot`` elsewhere: inside a
-    container whose cgroup mounts are read-only (Docker's default without --privileged),
-    runc fails on every step ("mkdir /sys/fs/cgroup/...: read-only file system")."""
-    return "oci" if runtime_available() and _cgroups_writable() else "chroot"
+    """``KILN_ISOLATION`` if set, else ``oci``: the weaker sandbox is never chosen for the
+    user, only asked for."""
+    chosen = os.environ.get("KILN_ISOLATION") or "oci"
+    if chosen not in ISOLATIONS:
+        raise ContainerError(f"KILN_ISOLATION={chosen}: expected one of {', '.join(ISOLATIONS)}")
+    return chosen
+
+
+def check_isolation(isolation: str) -> None:
+    """Refuse, before anything runs, an isolation this machine cannot give, saying what is
+    missing and how to get it."""
+    if isolation != "oci":
+        return
+    if not runtime_available():
+        raise ContainerError(
+            "RUN steps run in runc containers, and runc is not installed here "
+            "(apt-get install runc); or ask for --isolation chroot (namespaces, pivot_root "
+            "and seccomp, without cgroup limits)"
+        )
+    if not _cgroups_writable():
+        raise ContainerError(
+            "RUN steps run in runc containers, and runc needs writable cgroups, which this "
+            "machine mounts read-only (a container started without --privileged); run kiln "
+            "with writable cgroups, or ask for --isolation chroot (namespaces, pivot_root and "
+            "seccomp, without cgroup limits)"
+        )
 
 
 def _cgroups_writable(mounts: Path = Path("/proc/self/mounts")) -> bool:
@@ -292,8 +334,7 @@ def run(
     """Run ``spec`` in ``rootfs`` (a mounted overlay); returns its exit status. ``live``
     gets a way to kill the process for as long as it runs."""
     isolation = isolation or default_isolation()
-    if isolation == "oci" and not runtime_available():
-        raise ContainerError("runc is not installed: install it, or use --isolation chroot")
+    check_isolation(isolation)
     bundle.mkdir(parents=True, exist_ok=True)
     if spec.mounts and isolation != "oci":
         raise ContainerError("RUN --mount needs the oci isolation (runc)")
@@ -323,7 +364,10 @@ def _run_in(
     (bundle / "hosts").write_text(
         f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n{extra}"
     )
-    shutil.copyfile("/etc/resolv.conf", bundle / "resolv.conf")
+    if spec.network == DEFAULT:
+        (bundle / "resolv.conf").write_text(RESOLV_CONF)
+    else:
+        shutil.copyfile("/etc/resolv.conf", bundle / "resolv.conf")
     user = resolve_user(root, spec.user)
     container = f"kiln-{uuid.uuid4().hex[:12]}"
     out_of_memory = False
@@ -456,6 +500,8 @@ def _chroot_spec(rootfs: Path, bundle: Path, spec: ProcessSpec, user: User) -> d
         "cwd": spec.cwd or "/",
         "hostname": spec.hostname,
         "network": spec.network,
+        "netns": spec.netns,
+        "privileged": spec.privileged,
         "shm_size": spec.shm_size,
         "user": {"uid": user.uid, "gid": user.gid, "additional_gids": list(user.additional_gids)},
     }
@@ -508,8 +554,11 @@ def _config(
     rootfs: Path, bundle: Path, spec: ProcessSpec, user: User, cgroup: str
 ) -> dict[str, object]:
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    if spec.network == "none":
+    if spec.network == NONE:
         namespaces.append({"type": "network"})
+    elif spec.network == DEFAULT:
+        namespaces.append({"type": "network", "path": spec.netns})
+    capabilities = _all_capabilities() if spec.privileged else CAPABILITIES
     return {
         "ociVersion": "1.0.2",
         "hostname": spec.hostname,
@@ -525,7 +574,7 @@ def _config(
             "args": list(spec.args),
             "env": list(spec.env),
             "noNewPrivileges": False,
-            "capabilities": {k: CAPABILITIES for k in ("bounding", "effective", "permitted")},
+            "capabilities": {k: capabilities for k in ("bounding", "effective", "permitted")},
         },
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -585,25 +634,33 @@ def _config(
             "namespaces": namespaces,
             "cgroupsPath": cgroup,  # relative: under kiln's own cgroup, where _oom_kills looks
             **({"resources": _resources(spec.limits)} if spec.limits else {}),
-            "maskedPaths": [
-                "/proc/acpi",
-                "/proc/kcore",
-                "/proc/keys",
-                "/proc/latency_stats",
-                "/proc/timer_list",
-                "/proc/sched_debug",
-                "/proc/scsi",
-                "/sys/firmware",
-            ],
-            "readonlyPaths": [
-                "/proc/bus",
-                "/proc/fs",
-                "/proc/irq",
-                "/proc/sys",
-                "/proc/sysrq-trigger",
-            ],
+            **({} if spec.privileged else _DOCKER_DEFAULTS),
         },
     }
+
+
+# What Docker's default container config hides and protects, and its seccomp profile.
+_DOCKER_DEFAULTS: dict[str, object] = {
+    "maskedPaths": [
+        "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+        "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+        "/sys/firmware", "/sys/devices/virtual/powercap",
+    ],
+    "readonlyPaths": [
+        "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+    ],
+    "seccomp": runc_profile(),
+}  # fmt: skip
+
+
+def _all_capabilities() -> list[str]:
+    """Every capability kiln itself may hand on (its own bounding set), for a step allowed
+    security.insecure: asking runc for one more fails the step."""
+    bounding = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            bounding = int(line.split()[1], 16)
+    return [f"CAP_{name}" for number, name in enumerate(CAPABILITY_NAMES) if bounding >> number & 1]
 
 
 def _resources(limits: Limits) -> dict[str, object]:

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,17 +48,19 @@ class Workspace:
         self.path = path
         self._lock = lock
         self._private: Path | None = None
+        self._making = threading.Lock()  # parallel stages ask at once
 
     def private(self) -> Path:
         """A 0700 tmpfs inside the workspace, for what must never reach a disk."""
-        if self._private is None:
-            private = self.path / "private"
-            private.mkdir(mode=0o700)
-            with contextlib.suppress(MountError):  # no privilege to mount: a 0700 dir
-                mount("tmpfs", private, "tmpfs", "mode=0700,size=64m",
-                      MS_NOSUID | MS_NODEV | MS_NOEXEC)  # fmt: skip
-            self._private = private
-        return self._private
+        with self._making:
+            if self._private is None:
+                private = self.path / "private"
+                private.mkdir(mode=0o700)
+                with contextlib.suppress(MountError):  # no privilege to mount: a 0700 dir
+                    mount("tmpfs", private, "tmpfs", "mode=0700,size=64m",
+                          MS_NOSUID | MS_NODEV | MS_NOEXEC)  # fmt: skip
+                self._private = private
+            return self._private
 
     def close(self) -> None:
         _clean(self.path)

@@ -98,8 +98,9 @@ class NativeEngine:
 
     name = "native"
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, isolation: str | None = None) -> None:
         self.store = store
+        self.isolation = isolation  # how images run (test_built_image): as builds' RUN
 
     def build(self, spec: BuildSpec, output: Output) -> str:
         from kiln.engine.executor import Builder, BuildRequest
@@ -161,8 +162,8 @@ class NativeEngine:
         from kiln.engine.container import run_image
 
         return run_image(
-            self.store, name, command, "host",
-            lambda data: output(data.decode(errors="replace").rstrip("\n")),
+            self.store, name, command, "none",
+            lambda data: output(data.decode(errors="replace").rstrip("\n")), self.isolation,
         )  # fmt: skip
 
     def squash(self, name: str, keep: int, tag: str) -> str:
@@ -275,7 +276,7 @@ class DockerEngine:
 
     def run(self, name: str, command: list[str], output: Output) -> int:
         container = self.client.containers.create(
-            name, command or None, network_mode="host", detach=True
+            name, command or None, network_mode="none", detach=True
         )
         try:
             container.start()

@@ -131,7 +131,7 @@ class BuildWorkflow:
     @property
     def engine(self) -> ImageEngine:
         if self._engine is None:
-            self._engine = open_engine(self.description.backend)
+            self._engine = open_engine(self.description.backend, self.description.isolation)
             self._opened_engine = True
         return self._engine
 
@@ -340,8 +340,9 @@ class BuildWorkflow:
         results.error = "; ".join(filter(None, (results.error, prefix + message)))
 
 
-def open_engine(backend: str) -> ImageEngine:
-    """The engine a description's ``backend`` names, from the environment's defaults."""
+def open_engine(backend: str, isolation: str | None = None) -> ImageEngine:
+    """The engine a description's ``backend`` names, from the environment's defaults; the
+    native one runs images (``test_built_image``) with the isolation its builds use."""
     from kiln.workflow.engines import DockerEngine, NativeEngine
 
     if backend == "docker":
@@ -350,7 +351,7 @@ def open_engine(backend: str) -> ImageEngine:
         return DockerEngine(docker.from_env())
     from kiln.store import Store
 
-    return NativeEngine(Store())
+    return NativeEngine(Store(), isolation)
 
 
 @contextlib.contextmanager
