@@ -634,23 +634,24 @@ def _config(
             "namespaces": namespaces,
             "cgroupsPath": cgroup,  # relative: under kiln's own cgroup, where _oom_kills looks
             **({"resources": _resources(spec.limits)} if spec.limits else {}),
-            **({} if spec.privileged else _DOCKER_DEFAULTS),
+            **({} if spec.privileged else _docker_defaults()),
         },
     }
 
 
-# What Docker's default container config hides and protects, and its seccomp profile.
-_DOCKER_DEFAULTS: dict[str, object] = {
-    "maskedPaths": [
-        "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-        "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-        "/sys/firmware", "/sys/devices/virtual/powercap",
-    ],
-    "readonlyPaths": [
-        "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
-    ],
-    "seccomp": runc_profile(),
-}  # fmt: skip
+def _docker_defaults() -> dict[str, object]:
+    """What Docker's default container config hides and protects, and its seccomp profile."""
+    return {
+        "maskedPaths": [
+            "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+            "/sys/firmware", "/sys/devices/virtual/powercap",
+        ],
+        "readonlyPaths": [
+            "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+        ],
+        "seccomp": runc_profile(),
+    }  # fmt: skip
 
 
 def _all_capabilities() -> list[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import platform
+import os
 from typing import Any
 
 DENIED = (
@@ -65,7 +65,7 @@ def runc_profile() -> dict[str, Any]:
             "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
         })  # fmt: skip
     profile: dict[str, Any] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
-    arches = _ARCHES.get(platform.machine())
+    arches = _ARCHES.get(os.uname().machine)
     if arches:
         profile["architectures"] = list(arches)
     return profile
@@ -107,7 +107,7 @@ class Filter:
         self._context = lib.seccomp_init(_ALLOW)
         if not self._context:
             raise SeccompError(errno.ENOMEM, "seccomp_init failed")
-        for arch in _ARCHES.get(platform.machine(), ())[1:]:
+        for arch in _ARCHES.get(os.uname().machine, ())[1:]:
             token = lib.seccomp_arch_resolve_name(arch.removeprefix("SCMP_ARCH_").lower().encode())
             if token:
                 lib.seccomp_arch_add(self._context, token)  # there already, or not built in
