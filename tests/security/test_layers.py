@@ -104,6 +104,19 @@ def test_a_whiteout_of_dot_dot_is_refused_and_the_store_keeps_its_snapshots(
     assert kiln("run", "--rm", "good:1", "true")[0] == 0
 
 
+@pytest.mark.parametrize("name", ["../pwned", "dir/../../pwned", "../../../../pwned", "/../pwned"])
+def test_an_entry_named_through_dot_dot_is_refused(
+    store: Path, tmp_path: Path, busybox_layer: bytes, name: str
+) -> None:
+    """Item 1's cousin: an entry whose own name climbs out of the layer."""
+    evil = tar_bytes([Item("dir", "dir", mode=0o755), Item(name, data=b"x")])
+    load(tmp_path, "climb:1", [busybox_layer, evil])
+    status, stderr = kiln("run", "--rm", "climb:1", "true")
+    assert status == 1
+    assert "escapes the layer" in one_error_line(stderr)
+    assert not list(tmp_path.rglob("pwned"))
+
+
 @pytest.mark.parametrize(
     ("link", "message"),
     [
