@@ -19,7 +19,6 @@ What it lacks against runc: cgroups (no limits, no OOM report) and ``RUN --mount
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ from kiln.engine import seccomp
 from kiln.engine.runtime import CAPABILITIES, CAPABILITY_NAMES
 from kiln.tree import Tree, proc_path
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8

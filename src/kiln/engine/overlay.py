@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from kiln.errors import KilnError
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on
 _MNT_DETACH = 2
 
 
