@@ -49,3 +49,12 @@ def mounts_under(root: Path) -> list[str]:
     prefix = str(root)
     points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def program(name: str) -> str:
+    """The path of an outside program a test checks kiln with (umoci, skopeo...); the test
+    is skipped, saying so, where it is not installed (``scripts/bootstrap`` installs it)."""
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (scripts/bootstrap installs it, as root on Debian)")
+    return found

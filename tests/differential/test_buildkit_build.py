@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from kiln.cli.main import cli
 from tests.engines import DockerEngine
+from tests.processes import program
 
 pytestmark = [
     pytest.mark.slow,
@@ -264,7 +265,7 @@ def _unpack(kiln_root: Path, tag: str, bundle: Path) -> set[Entry]:
     index = json.loads((oci / "index.json").read_text())
     reference = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{oci}:{reference}", str(bundle)],
+        [program("umoci"), "unpack", "--image", f"{oci}:{reference}", str(bundle)],
         check=True,
         capture_output=True,
     )

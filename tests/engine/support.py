@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kiln.cli.main import cli
+from tests.processes import program
 
 NEEDS_RUNC = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0,
@@ -42,7 +43,7 @@ def unpack(kiln_root: Path, tag: str, tmp_path: Path) -> Path:
     """The root filesystem of the store's image tagged ``tag``, as umoci unpacks it."""
     bundle = tmp_path / f"bundle-{tag}"
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{kiln_root}:{tag}", str(bundle)],
+        [program("umoci"), "unpack", "--image", f"{kiln_root}:{tag}", str(bundle)],
         check=True,
         capture_output=True,
     )

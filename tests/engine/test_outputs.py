@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from kiln.cli.main import cli
 from tests.engines import DockerEngine
+from tests.processes import program
 
 pytestmark = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0, reason="building needs root and runc"
@@ -45,7 +46,10 @@ def test_oci_layout_directory(context: Path, tmp_path: Path) -> None:
     kiln("build", "-q", "-t", "out:oci", "-o", f"type=oci,dest={layout}", str(context))
     inspected = json.loads(
         subprocess.run(
-            ["skopeo", "inspect", f"oci:{layout}:oci"], capture_output=True, text=True, check=True
+            [program("skopeo"), "inspect", f"oci:{layout}:oci"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     )
     assert len(inspected["Layers"]) == 2

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kiln.cli.main import cli
+from tests.processes import program
 
 pytestmark = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0,
@@ -107,7 +108,7 @@ def test_two_stores_two_times_one_image(tmp_path: Path, ctx: Path, busybox_rootf
 
     config = json.loads(
         subprocess.run(
-            ["skopeo", "inspect", "--config", f"oci:{first}:repro"],
+            [program("skopeo"), "inspect", "--config", f"oci:{first}:repro"],
             check=True, capture_output=True, text=True,
         ).stdout
     )  # fmt: skip
@@ -116,7 +117,7 @@ def test_two_stores_two_times_one_image(tmp_path: Path, ctx: Path, busybox_rootf
 
     bundle = tmp_path / "bundle"
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{first}:repro", str(bundle)],
+        [program("umoci"), "unpack", "--image", f"{first}:repro", str(bundle)],
         check=True,
         capture_output=True,
     )

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from kiln.cli.main import cli
 from kiln.engine import snapshotter
+from tests.processes import program
 
 pytestmark = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0, reason="building needs root and runc"
@@ -56,7 +57,7 @@ def build_and_unpack(kind: str, tmp_path: Path, busybox_rootfs: Path) -> Path:
     kiln("build", "-q", "-t", "snap:1", str(context))
     bundle = tmp_path / f"bundle-{kind}"
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{tmp_path / f'root-{kind}'}:1", str(bundle)],
+        [program("umoci"), "unpack", "--image", f"{tmp_path / f'root-{kind}'}:1", str(bundle)],
         check=True,
         capture_output=True,
     )

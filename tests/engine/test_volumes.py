@@ -19,6 +19,7 @@ from kiln.errors import KilnError
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
 from kiln.store.transfer import import_rootfs
+from tests.processes import program
 
 pytestmark = pytest.mark.skipif(
     shutil.which("runc") is None or os.geteuid() != 0,
@@ -101,7 +102,7 @@ def test_a_read_only_volume_feeds_a_run_and_stays_out_of_the_layers(
     assert not names & {"etc", "etc/extra.repo", "srv", "srv/data", "srv/data/input.txt"}
     bundle = tmp_path / "bundle"  # and as a tool nobody here wrote unpacks it
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{store.root}:1", str(bundle)],
+        [program("umoci"), "unpack", "--image", f"{store.root}:1", str(bundle)],
         check=True, capture_output=True,
     )  # fmt: skip
     rootfs = bundle / "rootfs"

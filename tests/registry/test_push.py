@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from kiln.cli.main import cli
 from tests.engines import DockerEngine
+from tests.processes import program
 from tests.registries import Registry
 
 pytestmark = pytest.mark.skipif(
@@ -47,7 +48,9 @@ def invoke(*args: str, input: str | None = None, ok: bool = True) -> Result:
 
 
 def skopeo(*args: str) -> str:
-    return subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [program("skopeo"), *args], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_a_pushed_image_is_what_skopeo_and_umoci_read(
@@ -68,7 +71,7 @@ def test_a_pushed_image_is_what_skopeo_and_umoci_read(
     layout = tmp_path / "layout"
     skopeo("copy", "--src-tls-verify=false", f"docker://{target}", f"oci:{layout}:app")
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{layout}:app", str(tmp_path / "bundle")],
+        [program("umoci"), "unpack", "--image", f"{layout}:app", str(tmp_path / "bundle")],
         check=True, capture_output=True,
     )  # fmt: skip
     rootfs = tmp_path / "bundle" / "rootfs"

@@ -37,6 +37,7 @@ from kiln.store import SquashError, Store, StoredImage, StoreError, merge_layers
 from kiln.store.transfer import save
 from tests.engine import support as engine_support
 from tests.engines import DockerEngine
+from tests.processes import program
 
 MTIME = 1_700_000_000
 CREATED = "2024-05-06T07:08:09Z"
@@ -170,7 +171,7 @@ def skopeo_layers(store: Store, tag: str) -> int:
     if shutil.which("skopeo") is None:
         pytest.skip("skopeo is not installed (.ci/run installs it)")
     result = subprocess.run(
-        ["skopeo", "inspect", f"oci:{store.root}:{tag}"], check=True, capture_output=True
+        [program("skopeo"), "inspect", f"oci:{store.root}:{tag}"], check=True, capture_output=True
     )
     return len(json.loads(result.stdout)["Layers"])
 

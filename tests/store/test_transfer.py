@@ -33,7 +33,7 @@ def kiln(*args: str) -> str:
 
 def tool(*command: str) -> str:
     if shutil.which(command[0]) is None:
-        pytest.skip(f"{command[0]} is not installed (.ci/run installs it)")
+        pytest.skip(f"{command[0]} is not installed (scripts/bootstrap installs it)")
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 

@@ -10,6 +10,7 @@ from kiln.reference import Reference
 from kiln.registry import RegistryClient, push_image
 from kiln.store import Store
 from kiln.store.transfer import import_rootfs
+from tests.processes import program
 
 
 def publish_busybox(busybox_rootfs: Path, registry_host: str, scratch: Path) -> str:
@@ -44,7 +45,7 @@ def git_repository(root: Path, files: dict[str, str]) -> str:
 
 def skopeo_inspect(reference: str, *flags: str) -> dict[str, object]:
     result = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", *flags, f"docker://{reference}"],
+        [program("skopeo"), "inspect", "--tls-verify=false", *flags, f"docker://{reference}"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     data: dict[str, object] = json.loads(result.stdout)

@@ -22,6 +22,7 @@ from tests.buildroot import (
     run_kiln,
 )
 from tests.engines import DockerEngine
+from tests.processes import program
 from tests.registries import Registry
 
 pytestmark = [
@@ -249,7 +250,7 @@ def test_push_from_inside_to_a_registry_on_the_hosts_loopback(
     pushed = re.search(rf"^Pushed {re.escape(destination)}@(sha256:[0-9a-f]{{64}})$", said, re.M)
     assert pushed, said
     inspected = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", f"docker://{destination}"],
+        [program("skopeo"), "inspect", "--tls-verify=false", f"docker://{destination}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     manifest = json.loads(inspected.stdout)

@@ -20,7 +20,7 @@ from kiln.cli.main import cli
 from kiln.store import Store
 from kiln.workflow import BuildResults
 from tests.engines import DockerEngine
-from tests.processes import kiln_command, mounts_under, processes, wait_for_process
+from tests.processes import kiln_command, mounts_under, processes, program, wait_for_process
 from tests.registries import Registry
 from tests.workflow.support import git_repository, publish_busybox, skopeo_inspect
 
@@ -150,10 +150,10 @@ def test_kiln_build_source_git_uri_at_a_ref(
     config = skopeo_inspect(name, "--config")
     assert config["rootfs"]["diff_ids"][-1]  # type: ignore[index]
     layout = tmp_path / "layout"
-    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{name}",
+    subprocess.run([program("skopeo"), "copy", "--src-tls-verify=false", f"docker://{name}",
                     f"oci:{layout}:app"], check=True, capture_output=True)  # fmt: skip
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:app", str(tmp_path / "bundle")],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run([program("umoci"), "unpack", "--image", f"{layout}:app",
+                    str(tmp_path / "bundle")], check=True, capture_output=True)  # fmt: skip
     assert (tmp_path / "bundle" / "rootfs" / "v").read_text() == "one\n"  # not the branch head
 
 

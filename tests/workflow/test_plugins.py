@@ -21,6 +21,7 @@ from kiln.reference import Reference
 from kiln.store import Store
 from kiln.workflow import BuildDescription, BuildResults, BuildWorkflow
 from kiln.workflow.engines import NativeEngine
+from tests.processes import program
 from tests.registries import Registry
 from tests.workflow.support import git_repository, publish_busybox, skopeo_inspect
 
@@ -71,7 +72,7 @@ def unpack(store: Store, name: str, tmp_path: Path) -> Path:
     bundle = tmp_path / tag
     store.tag(name, Reference.parse(f"unpack/me:{tag}"))
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{store.root}:{tag}", str(bundle)],
+        [program("umoci"), "unpack", "--image", f"{store.root}:{tag}", str(bundle)],
         check=True, capture_output=True,
     )  # fmt: skip
     return bundle / "rootfs"
@@ -238,7 +239,7 @@ def test_test_built_image_passes_or_fails_the_build_before_anything_is_pushed(
         failing.error == "plugin test_built_image failed: sh -c echo bad; exit 3 exited with 3: bad"
     )
     tags = subprocess.run(
-        ["skopeo", "list-tags", "--tls-verify=false", f"docker://{registry.host}/team/app"],
+        [program("skopeo"), "list-tags", "--tls-verify=false", f"docker://{registry.host}/team/app"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert tags.returncode != 0  # nothing was pushed
@@ -300,7 +301,8 @@ def test_compress_writes_a_loadable_tarball_with_its_checksums(
     with open(plain, "wb") as out:
         subprocess.run([*decompress, tarball["path"]], stdout=out, check=True)
     inspected = json.loads(subprocess.run(
-        ["skopeo", "inspect", f"docker-archive:{plain}"], check=True, capture_output=True, text=True
+        [program("skopeo"), "inspect", f"docker-archive:{plain}"], check=True,
+        capture_output=True, text=True,
     ).stdout)  # fmt: skip
     assert inspected["Layers"][-1] and len(inspected["Layers"]) == 2
     if method == "gzip":  # Python's own gzip reads it too
