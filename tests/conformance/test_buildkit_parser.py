@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
+from kiln.cli.main import cli
 from kiln.dockerfile.parser import parse
 from kiln.errors import KilnError
 from tests.conformance.shared import CONFORMANCE, conformance_path
@@ -28,6 +30,16 @@ def test_golden_file_dump_equals_buildkit(case: str) -> None:
     text = (folder / "Dockerfile").read_bytes().decode()
     expected = (folder / "result").read_bytes().decode()
     assert parse(text).dump() == expected
+
+
+@pytest.mark.parametrize("case", _cases("testfiles"))
+def test_kiln_parse_prints_the_golden_dump_whatever_the_semantics(case: str) -> None:
+    """``flags``, ``health``, ``json`` and ``jeztah-invalid-json-*`` would not build (CMD before
+    FROM, unknown flags): ``kiln parse`` prints their syntax tree all the same."""
+    folder = conformance_path("buildkit", "parser", "testfiles", case)
+    result = CliRunner().invoke(cli, ["parse", "-f", str(folder / "Dockerfile")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (folder / "result").read_bytes().decode()
 
 
 @pytest.mark.parametrize("case", _cases("testfiles-negative"))

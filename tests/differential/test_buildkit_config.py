@@ -55,6 +55,11 @@ CASES: dict[str, tuple[str, dict[str, str], str]] = {
         "LABEL stage=base\nFROM base AS child\nENV SEEN=$G-$L\nWORKDIR sub\nLABEL stage=child\n",
         {}, "",
     ),
+    "absolute-workdir-kept-as-written": (
+        "FROM scratch AS slash\nWORKDIR /app/\nFROM slash\nWORKDIR /x//y/\nWORKDIR ../z/\n",
+        {}, "",
+    ),
+    "trailing-slash-workdir": ("FROM scratch\nWORKDIR /app/\n", {}, ""),
     "target-selects-stage": (
         "FROM scratch AS one\nENV STAGE=one\nFROM scratch AS two\nENV STAGE=two\n", {}, "one",
     ),

@@ -188,6 +188,40 @@ def test_bind_mounts_from_a_stage_and_an_image_and_cache_mount_ownership(
         assert not (rootfs / path).exists(), path
 
 
+def test_relative_mount_targets_are_in_the_working_directory(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    """uv's documented Dockerfile binds its lock files at relative targets: they land in the
+    WORKDIR (as BuildKit has it), and what the step writes beside them stays there."""
+    ctx = context(
+        tmp_path,
+        "FROM busybox:base\nWORKDIR /app\n"
+        "RUN --mount=type=bind,source=uv.lock,target=uv.lock "
+        "--mount=type=cache,target=.cache --mount=type=tmpfs,target=scratch/tmp "
+        "cat uv.lock > /app/seen && touch .cache/hit && mkdir .venv && pwd > .venv/where "
+        "&& test -d /app/scratch/tmp && ! test -e /uv.lock\n",
+        {"uv.lock": "locked\n"},
+    )
+    result = build("-t", "app:relative", str(ctx))
+    assert result.exit_code == 0, result.output
+    rootfs = unpack(kiln_root, "relative", tmp_path)
+    assert (rootfs / "app" / "seen").read_text() == "locked\n"
+    assert (rootfs / "app" / ".venv" / "where").read_text() == "/app\n"
+    assert sorted(p.name for p in (rootfs / "app").iterdir()) == [".venv", "seen"]  # no stubs
+    assert not (rootfs / ".venv").exists() and not (rootfs / "uv.lock").exists()
+
+
+def test_a_mount_on_the_root_is_refused_with_the_line(kiln_root: Path, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:base\nWORKDIR /\nRUN --mount=type=cache,target=. true\n")
+    result = build("-t", "app:root-mount", str(ctx))
+    assert result.exit_code != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and last.endswith(
+        "Dockerfile:3: RUN --mount: invalid mount target '.'"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("sharing", ["shared", "private", "locked"])
 def test_cache_mount_sharing_between_steps_running_at_once(
     kiln_root: Path, tmp_path: Path, sharing: str

@@ -92,13 +92,18 @@ def _read_dockerfile(file: str) -> Dockerfile:
     show_default=True, help="buildkit: BuildKit's AST dump; json: kiln's typed instructions.",
 )  # fmt: skip
 def parse_command(file: str, output_format: str) -> None:
-    """Print the parse of a Dockerfile."""
+    """Print the parse of a Dockerfile: the syntax tree whatever its meaning (``kiln check``
+    reports the problems), or kiln's typed instructions, which must make sense."""
+    from kiln.dockerfile.document import read_dockerfile
+    from kiln.dockerfile.parser import parse
     from kiln.dockerfile.serialize import dockerfile_to_dict
 
-    dockerfile = _read_dockerfile(file)
     if output_format == "buildkit":
-        click.echo(dockerfile.syntax.dump(), nl=False)
+        name = "<stdin>" if file == "-" else file
+        text = sys.stdin.read() if file == "-" else read_dockerfile(Path(file), file)
+        click.echo(parse(text, file=name).dump(), nl=False)
     else:
+        dockerfile = _read_dockerfile(file)
         click.echo(json.dumps(dockerfile_to_dict(dockerfile), indent=2, ensure_ascii=False))
 
 

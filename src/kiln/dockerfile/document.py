@@ -101,8 +101,13 @@ def parse_dockerfile(text: str, *, file: str = "Dockerfile") -> Dockerfile:
 def load_dockerfile(path: Path, *, display_name: str | None = None) -> Dockerfile:
     """Read and parse a Dockerfile from disk; errors name it as ``display_name``."""
     name = display_name or str(path)
+    return parse_dockerfile(read_dockerfile(path, name), file=name)
+
+
+def read_dockerfile(path: Path, name: str) -> str:
+    """A Dockerfile's text, undecodable bytes kept (as surrogates) for the parser to report."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise KilnError(f"{name}: cannot read Dockerfile: {err.strerror}") from None
-    return parse_dockerfile(data.decode("utf-8", errors="surrogateescape"), file=name)
+    return data.decode("utf-8", errors="surrogateescape")

@@ -626,7 +626,11 @@ def _split_env(entries: Iterable[str]) -> Iterable[tuple[str, str]]:
 
 
 def join_workdir(current: str, path: str) -> str:
-    """WORKDIR semantics: relative paths join the current directory; the result is clean."""
+    """WORKDIR semantics as BuildKit's NormalizeWorkdir: an absolute path is kept as written
+    (``/app/`` stays ``/app/`` in the config), a relative one joins the current directory
+    and comes out clean."""
+    if path.startswith("/"):
+        return path
     joined = posixpath.normpath(posixpath.join("/", current, path))
     return "/" + joined.lstrip("/")
 

@@ -14,6 +14,7 @@ import datetime
 import fcntl
 import hashlib
 import os
+import posixpath
 import shutil
 import stat
 import subprocess
@@ -677,6 +678,11 @@ class _Run:
         instruction = step.instruction
         assert isinstance(instruction, Run)
         volumes = [[str(v.source), v.target, v.readonly] for v in self.request.volumes]
+        relative = [
+            _mount_target(m, step.workdir)
+            for m in instruction.resolved_mounts
+            if _mount_target(m, step.workdir) != m.target
+        ]
         return {
             "run": _run_args(instruction, state.config),
             "env": [f"{k}={v}" for k, v in step.env],
@@ -685,6 +691,8 @@ class _Run:
             "network": instruction.network,
             "security": instruction.security,
             "mounts": [self.mount_key(m) for m in instruction.resolved_mounts],
+            # relative targets by where they land: the step differs from one that put them at /
+            **({"targets": relative} if relative else {}),
             # as in BuildKit's exec op: what the step could see of these is part of its key
             **({"build_network": self.request.network} if self.request.network != DEFAULT else {}),
             **({"hosts": list(self.request.extra_hosts)} if self.request.extra_hosts else {}),
@@ -846,7 +854,7 @@ class _Run:
                     mounts.append(self.ssh_mount(instruction, mount, agents, env))
                     agents += 1
                 else:
-                    mounts.append(self.runtime_mount(instruction, mount, stack, env))
+                    mounts.append(self.runtime_mount(instruction, mount, step.workdir, stack, env))
             self.run_process(state, step, rootfs, args, env, [*volumes, *(m for m in mounts if m)])
 
     def cache_mount(self, mount: Mount, target: str, stack: ExitStack) -> Path:
@@ -948,13 +956,15 @@ class _Run:
             )
 
     def runtime_mount(
-        self, instruction: Run, mount: Mount, stack: ExitStack, env: list[str]
+        self, instruction: Run, mount: Mount, workdir: str, stack: ExitStack, env: list[str]
     ) -> RuntimeMount | None:
         """What a ``RUN --mount`` gives the process; None for a secret that is absent (and
         not required) or exposed as a variable only."""
-        target = mount.target
+        target = _mount_target(mount, workdir)
+        if mount.type != "secret" and posixpath.normpath(target) == "/":
+            raise self.error(instruction, f"RUN --mount: invalid mount target {mount.target!r}")
         if mount.type == "cache":
-            directory = self.cache_mount(mount, target, stack)
+            directory = self.cache_mount(mount, mount.target, stack)
             return RuntimeMount(target, "bind", str(directory), ("rbind", "rw"))
         if mount.type == "tmpfs":
             size = (f"size={mount.size_limit}",) if mount.size_limit else ()
@@ -1495,3 +1505,11 @@ def _real_dir(tree: Tree, relative: str) -> bool:
     with opened(entry.parent):
         st = entry.lstat()
     return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _mount_target(mount: Mount, workdir: str) -> str:
+    """Where a ``RUN --mount`` lands: as in BuildKit, a relative target of a bind, cache or
+    tmpfs mount is in the step's working directory; a secret's or an agent's stays as written."""
+    if mount.type in ("secret", "ssh") or mount.target.startswith("/"):
+        return mount.target
+    return join_workdir(workdir, mount.target)
