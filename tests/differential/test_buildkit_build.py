@@ -114,6 +114,9 @@ CASES: dict[str, dict[str, Any]] = {
         "dockerfile": "FROM busybox:base AS base\nONBUILD RUN echo triggered > /onbuild.txt\n"
         "FROM base\nRUN cat /onbuild.txt > /seen.txt\n",
     },
+    "runs-that-change-nothing": {
+        "dockerfile": "FROM busybox:base\nRUN echo one\nRUN echo two\nRUN true\n",
+    },
     "shell": {
         "dockerfile": 'FROM busybox:base\nSHELL ["/bin/sh", "-ec"]\nRUN echo $0 > /shell.txt\n'
         'CMD echo hello\nENTRYPOINT ["/bin/sh", "-c"]\n',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,3 +75,29 @@ def test_copy_snapshotter_builds_the_same_filesystem(
     assert copy_tree == overlay_tree
     assert "data/new" in copy_tree and "data/sub" not in copy_tree and "bin/vi" not in copy_tree
     assert copy_tree["tmp/me"][1] == 65534
+
+
+@pytest.mark.parametrize("kind", ["overlay", "copy"])
+def test_a_layer_that_comes_twice_is_merged_at_its_upper_place(
+    kind: str, tmp_path: Path, busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two steps that make the same change give one layer twice in the chain (overlayfs
+    refuses a lower dir listed twice); a step between them that deletes its file must not
+    win over the upper copy."""
+    monkeypatch.setattr(snapshotter, "_choice", kind)
+    monkeypatch.setenv("KILN_ROOT", str(tmp_path / "root"))
+    kiln("import", str(busybox_rootfs), "busybox:base")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM busybox:base\nRUN echo a > /f\nRUN rm /f\nRUN echo a > /f\nRUN cat /f > /seen\n"
+    )
+    kiln("build", "-q", "--build-arg", "SOURCE_DATE_EPOCH=0", "-t", "twice:1", str(context))
+    layers = json.loads(kiln("inspect", "twice:1"))[0]["RootFS"]["Layers"]
+    assert layers[1] == layers[3] != layers[2]  # the same layer, a deletion between
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        [program("umoci"), "unpack", "--image", f"{tmp_path / 'root'}:1", str(bundle)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert (bundle / "rootfs" / "seen").read_text() == "a\n"

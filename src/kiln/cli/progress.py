@@ -4,6 +4,7 @@ bars of pushes and pulls."""
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 MODES = ("auto", "plain", "quiet")
 _TAIL = 5
+_DONE = re.compile(r"DONE \d+\.\ds")  # how the builder ends a step that ran
 
 
 class Progress(Protocol):
@@ -53,6 +55,7 @@ class _Step:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     cached: bool = False
+    failed: bool = False
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL))
 
 
@@ -75,15 +78,12 @@ class _Live:
         if not line.startswith("#"):
             self.notes.append(line)
         elif rest.startswith("["):
-            label = rest.split(" ", 2)[1] if " " in rest else rest
-            for step in self.steps.values():  # the stage's previous step is done
-                if step.finished is None and step.header.split(" ", 2)[1:2] == [label]:
-                    step.finished = time.monotonic()
             self.steps[number] = _Step(number, rest)
         elif number in self.steps:
             step = self.steps[number]
-            if rest == "CACHED":
-                step.cached, step.finished = True, time.monotonic()
+            if rest in ("CACHED", "ERROR") or _DONE.fullmatch(rest):
+                step.finished = time.monotonic()
+                step.cached, step.failed = rest == "CACHED", rest == "ERROR"
             else:
                 step.tail.append(rest)
         self.live.update(self._render())
@@ -96,7 +96,9 @@ class _Live:
         for step in self.steps.values():
             end = step.finished or time.monotonic()
             state = "CACHED" if step.cached else f"{end - step.started:5.1f}s"
-            style = "green" if step.cached else ("bold" if step.finished is None else "")
+            state += "  ERROR" if step.failed else ""
+            style = "bold" if step.finished is None else ""
+            style = "green" if step.cached else "red" if step.failed else style
             rows.append(Text(f"{step.number} {step.header}  {state}", style=style))
             if step.finished is None:
                 rows.extend(Text(f"    {line}", style="dim") for line in step.tail)

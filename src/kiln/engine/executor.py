@@ -384,7 +384,6 @@ class _Run:
         self.work = work.path
         self.dockerfile = dockerfile
         self.states: dict[int, _State] = {}
-        self.total = sum(len(s.steps) for s in plan.stages)
         self.done = 0
         self.started = time.time()
         self.epoch = source_date_epoch(request.build_args)  # clamps every time the image holds
@@ -439,24 +438,47 @@ class _Run:
     # -- stages
 
     def stage(self, stage: StagePlan) -> _State:
-        state = self.base(stage)
+        """Build one stage's steps in order. Progress as BuildKit's: the steps that make a
+        layer (and FROM an image) are numbered within their stage, ``[build 2/5]``, each
+        ending ``DONE 1.2s``, ``CACHED`` or ``ERROR``; metadata steps print nothing."""
+        counter = _StageCounter(stage, named=len(self.plan.dockerfile.stages) > 1)
+        if counter.from_image:
+            with self.numbered(counter.header(f"FROM {stage.base}")):
+                state = self.base(stage)
+        else:
+            state = self.base(stage)
         state.made_by = [None] * len(state.layers)
-        label = stage.name or f"stage-{stage.stage.index}"
         for step in stage.steps:
             if self.failed.is_set():
                 raise KilnError("build cancelled: another stage failed")
-            with self.counter:
-                self.done += 1
-                self.current.number = self.done
             self.current.state = state
-            self.builder.output(
-                f"#{self.current.number} [{label} {self.current.number}/{self.total}] "
-                f"{step.instruction.source}"
-            )
-            self.step(state, step)
+            if _makes_layer(step):
+                onbuild = "ONBUILD " if step.onbuild else ""
+                with self.numbered(counter.header(onbuild + step.instruction.source)):
+                    self.step(state, step)
+            else:
+                self.step(state, step)
             state.made_by += [step] * (len(state.layers) - len(state.made_by))
         state.config = replace(state.config, env=tuple(f"{k}={v}" for k, v in stage.env))
         return state
+
+    @contextmanager
+    def numbered(self, header: str) -> Iterator[None]:
+        """A step shown with a number of its own (``#7``: numbers run across the build), its
+        output lines under that number and its end: ``CACHED``, ``DONE 1.2s`` or ``ERROR``."""
+        with self.counter:
+            self.done += 1
+            number = self.current.number = self.done
+        self.current.cached = False
+        self.builder.output(f"#{number} {header}")
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            self.builder.output(f"#{number} ERROR")
+            raise
+        if not self.current.cached:  # a cached step said so already
+            self.builder.output(f"#{number} DONE {time.monotonic() - started:.1f}s")
 
     def base(self, stage: StagePlan) -> _State:
         if stage.base_stage is not None:
@@ -550,6 +572,7 @@ class _Run:
                 state.imported = True
         if cached is not None:
             self.builder.output(f"#{self.current.number} CACHED")
+            self.current.cached = True
             diff_id, size, built = cached
             with self.counter:
                 self.cached_times.append(built)
@@ -1513,3 +1536,24 @@ def _mount_target(mount: Mount, workdir: str) -> str:
     if mount.type in ("secret", "ssh") or mount.target.startswith("/"):
         return mount.target
     return join_workdir(workdir, mount.target)
+
+
+def _makes_layer(step: Step) -> bool:
+    """The steps BuildKit shows as vertices of their own (the others change only config)."""
+    return isinstance(step.instruction, Run | Copy | Add | Workdir)
+
+
+class _StageCounter:
+    """A stage's step headers as BuildKit writes them: ``[NAME I/N]``, where N counts FROM an
+    image and the steps that make a layer, I is padded to N's width, and NAME (``stage-K``
+    where unnamed) is left out of a Dockerfile with a single stage."""
+
+    def __init__(self, stage: StagePlan, *, named: bool) -> None:
+        self.from_image = stage.base_stage is None and stage.base.lower() != "scratch"
+        self.total = int(self.from_image) + sum(_makes_layer(s) for s in stage.steps)
+        self.name = (stage.name or f"stage-{stage.stage.index}") + " " if named else ""
+        self.index = 0
+
+    def header(self, text: str) -> str:
+        self.index += 1
+        return f"[{self.name}{self.index:>{len(str(self.total))}}/{self.total}] {text}"

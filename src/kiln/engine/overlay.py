@@ -56,7 +56,10 @@ def overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> It
         empty = work.parent / "empty"
         empty.mkdir(exist_ok=True)
         lowers = [empty]
-    ordered = [*reversed(lowers), upper, work]  # overlayfs lists lower dirs top first
+    # overlayfs lists lower dirs top first, and refuses one listed twice (ELOOP): a layer
+    # two steps made alike is mounted once, at its upper place, which hides the lower copy
+    # path for path, whiteouts and opaque dirs as well.
+    ordered = [*dict.fromkeys(reversed(lowers)), upper, work]
     options = _options([str(p.resolve()) for p in ordered])
     if len(options) <= _OPTIONS_LIMIT:
         _mount_overlay(target.resolve(), options)
