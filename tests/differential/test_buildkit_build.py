@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -155,7 +156,7 @@ def _from_tar(data: bytes) -> set[Entry]:
             if not path or not _keep(path):
                 continue
             content = ""
-            if member.isfile():
+            if member.isfile() or member.islnk():  # a hard link: the file it links to
                 extracted = tar.extractfile(member)
                 content = hashlib.sha256(extracted.read() if extracted else b"").hexdigest()
             elif member.issym():
@@ -246,15 +247,23 @@ def _docker_config(docker: DockerEngine, tag: str) -> Any:
 
 def _history(config: dict[str, Any]) -> list[tuple[str, bool]]:
     """(created_by, empty_layer) of each entry. Current BuildKit writes COPY/ADD's --chown
-    and --chmod into created_by, Debian's BuildKit 0.8 does not: those words are dropped."""
+    and --chmod into created_by, Debian's BuildKit 0.8 does not: those words are dropped.
+    Its HEALTHCHECK text predates StartInterval (BuildKit 0.12), which kiln writes as
+    current BuildKit does: that field is dropped too."""
     return [
         (
-            " ".join(w for w in h.get("created_by", "").split(" ")
-                     if not w.startswith(("--chown=", "--chmod="))),
+            _START_INTERVAL.sub(r"\1", " ".join(
+                w for w in h.get("created_by", "").split(" ")
+                if not w.startswith(("--chown=", "--chmod="))
+            )),
             bool(h.get("empty_layer")),
         )
         for h in config["history"]
     ]  # fmt: skip
+
+
+# HEALTHCHECK &{[test] "interval" "timeout" "start period" "start interval" 'retries'}
+_START_INTERVAL = re.compile(r'^(HEALTHCHECK &\{\[.*\](?: "[^"]*"){3}) "[^"]*"(?= \'.*\'\}$)')
 
 
 def _unpack(kiln_root: Path, tag: str, bundle: Path) -> set[Entry]:

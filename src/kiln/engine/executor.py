@@ -88,7 +88,13 @@ from kiln.engine.workspace import Workspace, reclaim, workspace
 from kiln.epoch import NAME as EPOCH
 from kiln.epoch import rfc3339, source_date_epoch
 from kiln.errors import DockerfileError, KilnError
-from kiln.oci.layer import is_opaque, is_whiteout, open_decompressed, write_dir_layer
+from kiln.oci.layer import (
+    HashingWriter,
+    is_opaque,
+    is_whiteout,
+    open_decompressed,
+    write_dir_layer,
+)
 from kiln.oci.objects import (
     CONFIG,
     LAYER,
@@ -527,7 +533,9 @@ class _Run:
         elif isinstance(instruction, Workdir):
             path = join_workdir(step.workdir, instruction.path)
             key: dict[str, object] = {"workdir": path, "user": state.config.user}
-            self.layer_step(state, step, self.workdir_step, key)
+            # As BuildKit: a WORKDIR other than / is a layer even where the directory
+            # exists already (the empty tar, sha256:5f70bf18...).
+            self.layer_step(state, step, self.workdir_step, key, keep_empty=path != "/")
             state.config, state.cmd_set = apply_instruction(
                 state.config, instruction, state.cmd_set
             )
@@ -549,9 +557,12 @@ class _Run:
         step: Step,
         action: Callable[[_State, Step, Path], None],
         key_parts: dict[str, object],
+        *,
+        keep_empty: bool = False,
     ) -> None:
         """Run ``action`` on an overlay of ``state``'s layers and commit what it changed,
-        unless the cache has the layer a step with the same key made.
+        unless the cache has the layer a step with the same key made. A step that changed
+        nothing adds no layer, unless ``keep_empty``: then an empty one.
 
         ``COPY --link`` makes a layer of its own: written into an empty directory, keyed
         without its parent, so it stays cached whatever changes below it.
@@ -580,6 +591,8 @@ class _Run:
         else:
             run = self.run_linked if linked else self.run_on_overlay
             diff_id, size = run(state, step, action)
+            if not diff_id and keep_empty:
+                diff_id, size = self.empty_layer()
             if state.imported:  # made from an imported cache's files: this build's only
                 self.imported[key] = (diff_id, size, self.started)
             else:
@@ -620,6 +633,18 @@ class _Run:
         finally:
             if upper.exists():
                 shutil.rmtree(upper, ignore_errors=True)
+
+    def empty_layer(self) -> tuple[str, int]:
+        """(diff_id, size) of the layer with nothing in it: a tar of two zero blocks."""
+
+        def write(out: HashingWriter) -> None:
+            out.write(bytes(1024))
+
+        digest, size = self.store.put_blob_stream(write)
+        empty = Path(tempfile.mkdtemp(prefix="upper-", dir=self.work))
+        empty.chmod(0o755)
+        self.snapshots.adopt(empty, digest)
+        return digest, size
 
     def history_text(self, state: _State, step: Step) -> str:
         instruction = step.instruction

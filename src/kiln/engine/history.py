@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from kiln.dockerfile.gostr import go_quote
+from kiln.dockerfile.gostr import go_duration, go_quote, go_quote_rune
 from kiln.dockerfile.instructions import (
     Add,
     Arg,
@@ -85,7 +85,15 @@ def created_by(
     if isinstance(instruction, Maintainer):
         return f"MAINTAINER {instruction.maintainer}"
     if isinstance(instruction, Healthcheck):
-        return f"HEALTHCHECK {_go_list(instruction.test, quoted=True)}"
+        # Go's %q of BuildKit's HealthcheckConfig: Test, four durations, Retries as a rune
+        durations = (instruction.interval, instruction.timeout, instruction.start_period,
+                     instruction.start_interval)  # fmt: skip
+        fields = [
+            _go_list(instruction.test, quoted=True),
+            *(go_quote(go_duration(d)) for d in durations),
+            go_quote_rune(instruction.retries),
+        ]
+        return "HEALTHCHECK &{" + " ".join(fields) + "}"
     return " ".join(instruction.source.split())
 
 
