@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +94,10 @@ class ContextSnapshot:
 
     def get(self, path: str) -> ContextEntry | None:
         return self._index.get(path)
+
+    @property
+    def by_path(self) -> Mapping[str, ContextEntry]:
+        return self._index
 
     def digest(self) -> str:
         """One digest for the whole context: names, kinds, modes and contents."""

@@ -13,19 +13,63 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from kiln import tree
-from kiln.context import PatternMatcher, match_glob
+from kiln.context import ContextEntry, PatternMatcher, match_glob
 from kiln.errors import KilnError
 from kiln.tree import Owner, Tree, TreeError, opened, proc_path
 
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# Whole-directory copies into directories the step created, done once the overlay is
-# unmounted: (source directory in the context, target directory in the image), both
-# resolved paths relative to their roots.
-Deferred = list[tuple[str, str]]
+
+@dataclass(frozen=True)
+class DeferredCopy:
+    """A whole-directory copy, done in the step's upper dir once the overlay is unmounted:
+    the upper dir gets exactly what copying through the overlay would have put there, at
+    a file creation (or a hard link) per file instead of the overlay's. ``source`` and
+    ``target`` are resolved paths in the context and the image. ``plain``: cp's semantics
+    (root's, modes and hard links kept, the directory's own mode and mtime the source's)."""
+
+    source: str
+    target: str
+    owner: Owner
+    mode: int | None
+    visible: set[str] | None
+    exclude: PatternMatcher | None
+    plain: bool
+    # A target that was there already: it and the directories above it, as the lower
+    # layers have them (path, mode, uid, gid, mtime), for the upper dir to copy up. What
+    # the copy writes there merges with what is below as the overlay would have merged it:
+    # an upper directory over a lower one shows both, any other upper entry hides the
+    # lower one, as the removal the overlay would have made first.
+    existing: tuple[tuple[str, int, int, int, int], ...] = ()
+
+
+Deferred = list[DeferredCopy]
+
+# What a directory copy wrote, by path below the copied directory: the file's or
+# symlink's kind, digest (as the context scan has it), mtime and mode in the layer.
+Manifest = dict[str, tuple[str, str, int, int]]
+
+
+@dataclass
+class Reuse:
+    """An incremental copy: files the last copy of the same step wrote (``previous``, the
+    copied directory in its snapshot, and its ``manifest``) are hard-linked from there when
+    the context still has them alike; the rest is copied. A store's snapshots are never
+    written again, so sharing their inodes is safe; the context's never are shared."""
+
+    previous: int | None
+    manifest: Manifest
+    entries: Mapping[str, ContextEntry]
+    owner: Owner = (0, 0)
+    top: int = -1  # the copied directory in the upper dir, where hard-link groups point
+    written: Manifest = field(default_factory=dict)
+    # cp --preserve=links: a source inode copied already, by where it went (plain copies)
+    groups: dict[tuple[int, int], str] = field(default_factory=dict)
+    used: set[tuple[int, int]] = field(default_factory=set)  # snapshot inodes linked
 
 
 def makedirs(image: Tree, path: str, owner: Owner) -> int:
@@ -58,9 +102,8 @@ def copy_into(
     directory copied.
 
     ``deferred``, where given, takes a whole-directory copy into a directory this call
-    creates, to be done in the overlay's upper dir once it is unmounted: no lower layer
-    has anything below a new directory, so the upper dir gets exactly what the overlay
-    would have put there."""
+    creates, to be done in the overlay's upper dir once it is unmounted (see
+    ``DeferredCopy`` and ``copy_deferred``)."""
     entry = source.entry(relative)
     with opened(entry.parent):
         st = entry.lstat()
@@ -74,11 +117,12 @@ def copy_into(
                 opened(makedirs(image, target, owner)) as target_dir,
             ):
                 plain = visible is None and exclude is None and owner == (0, 0) and mode is None
-                if new and plain and deferred is not None:
-                    where = image.relative(target_dir)
-                    if where is not None:
-                        deferred.append((relative, where))
-                        return
+                where = image.relative(target_dir) if deferred is not None else None
+                if deferred is not None and where is not None:
+                    existing = () if new or not where else _existing(image, where)
+                    deferred.append(DeferredCopy(relative, where, owner, mode, visible, exclude,
+                                                 plain and new, existing))  # fmt: skip
+                    return
                 if new and plain:
                     cp_contents(source_dir, target_dir)
                 else:
@@ -90,6 +134,36 @@ def copy_into(
         with opened(makedirs(image, os.path.dirname(target.rstrip("/")), owner)) as parent:
             _copy_entry(entry.parent, entry.name, parent, os.path.basename(target.rstrip("/")),
                         owner, mode)  # fmt: skip
+
+
+def _existing(image: Tree, where: str) -> tuple[tuple[str, int, int, int, int], ...]:
+    """``where`` and each directory above it, with the metadata the image has for them."""
+    parts = where.split("/")
+    found = []
+    for depth in range(1, len(parts) + 1):
+        path = "/".join(parts[:depth])
+        with opened(image.directory(path, links=False)) as fd:
+            st = os.stat(fd)
+        found.append((path, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns))
+    return tuple(found)
+
+
+def _copy_up(layer: Tree, existing: tuple[tuple[str, int, int, int, int], ...]) -> None:
+    """Make the directories ``existing`` names in an upper dir, as overlayfs's copy-up
+    would: same mode, owner and mtime (set deepest first, as making a child changes its
+    parent's)."""
+    for path, mode, uid, gid, _ in existing:
+        parent, _, name = path.rpartition("/")
+        with opened(layer.directory(parent, links=False)) as parent_fd:
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+            except FileExistsError:
+                continue
+            tree.set_metadata(parent_fd, name, owner=(uid, gid), mode=mode)
+    for path, _, _, _, mtime in reversed(existing):
+        parent, _, name = path.rpartition("/")
+        with opened(layer.directory(parent, links=False)) as parent_fd:
+            tree.set_metadata(parent_fd, name, mtime_ns=mtime)
 
 
 def _resolves(image: Tree, path: str) -> bool:
@@ -113,6 +187,35 @@ def cp_contents(source_dir: int, target_dir: int) -> None:
         raise KilnError(f"cannot copy a directory: {result.stderr.strip()}")
 
 
+def copy_deferred(copy: DeferredCopy, context: Tree, layer: Tree, reuse: Reuse) -> Manifest:
+    """Do ``copy`` in ``layer``, an unmounted upper dir; what it wrote, for the next copy of
+    the same step to reuse. A plain first copy is coreutils' (fastest when every file is
+    new); the others are kiln's, linking what ``reuse`` allows."""
+    _copy_up(layer, copy.existing)
+    with (
+        opened(context.directory(copy.source)) as source_dir,
+        opened(layer.directory(copy.target, links=False)) as target_dir,
+    ):
+        prefix = copy.source + "/" if copy.source else ""
+        below = [e for e in reuse.entries.values() if e.path.startswith(prefix)]
+        if copy.plain and (reuse.previous is None or any(e.kind == "other" for e in below)):
+            cp_contents(source_dir, target_dir)  # (cp copies FIFOs and devices too)
+            return {
+                e.path[len(prefix):]: (e.kind, e.digest, e.mtime_ns,
+                                       0o777 if e.kind == "symlink" else e.mode & 0o7777)
+                for e in below if e.kind in ("file", "symlink")
+            }  # fmt: skip
+        reuse.owner, reuse.top = copy.owner, target_dir
+        _copy_contents(source_dir, copy.source, target_dir, copy.owner, copy.mode,
+                       copy.visible, copy.exclude, "", reuse, copy.plain,
+                       reuse.previous)  # fmt: skip
+        if copy.plain:  # as cp: the directory itself takes the source's mode and mtime
+            st = os.stat(source_dir)
+            os.chmod(proc_path(target_dir), stat.S_IMODE(st.st_mode))
+            os.utime(proc_path(target_dir), ns=(st.st_atime_ns, st.st_mtime_ns))
+        return reuse.written
+
+
 def _copy_contents(
     source_dir: int,
     relative: str,
@@ -122,7 +225,13 @@ def _copy_contents(
     visible: set[str] | None,
     exclude: PatternMatcher | None,
     inner: str,
+    reuse: Reuse | None = None,
+    links: bool = False,
+    previous: int | None = None,
 ) -> None:
+    """The contents of ``source_dir`` into ``target_dir``; with ``reuse``, files the last
+    copy wrote in ``previous`` (this level's directory in its snapshot, opened one name at a
+    time without following a symlink) are linked from there where they are still alike."""
     for name in sorted(tree.listdir(source_dir)):
         child_relative = f"{relative}/{name}" if relative else name
         child_inner = f"{inner}/{name}" if inner else name
@@ -136,7 +245,11 @@ def _copy_contents(
         ):
             continue
         if not is_dir:
-            _copy_entry(source_dir, name, target_dir, name, owner, mode)
+            if reuse is None or not _reused(reuse, st, previous, name, target_dir,
+                                            child_relative, child_inner, mode, links):  # fmt: skip
+                _copy_entry(source_dir, name, target_dir, name, owner, mode)
+                if reuse is not None:
+                    _written(reuse, st, child_relative, child_inner, mode, links)
             continue
         try:
             there = os.stat(name, dir_fd=target_dir, follow_symlinks=False)
@@ -145,16 +258,95 @@ def _copy_contents(
         if there is None or not stat.S_ISDIR(there.st_mode):
             tree.remove(target_dir, name)  # a symlink there is replaced, never followed
             os.mkdir(name, 0o700, dir_fd=target_dir)
-        with (
-            opened(os.open(name, _DIR, dir_fd=source_dir)) as child_source,
-            opened(os.open(name, _DIR, dir_fd=target_dir)) as child_target,
-        ):
-            _copy_contents(child_source, child_relative, child_target, owner, mode, visible,
-                           exclude, child_inner)  # fmt: skip
+        child_previous = _child(previous, name)
+        try:
+            with (
+                opened(os.open(name, _DIR, dir_fd=source_dir)) as child_source,
+                opened(os.open(name, _DIR, dir_fd=target_dir)) as child_target,
+            ):
+                _copy_contents(child_source, child_relative, child_target, owner, mode,
+                               visible, exclude, child_inner, reuse, links,
+                               child_previous)  # fmt: skip
+        finally:
+            if child_previous is not None:
+                os.close(child_previous)
         tree.set_metadata(
             target_dir, name, owner=owner,
             mode=mode if mode is not None else stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns,
         )  # fmt: skip
+
+
+def _child(directory: int | None, name: str) -> int | None:
+    """The directory ``name`` in ``directory``, never through a symlink; None if not one."""
+    if directory is None:
+        return None
+    try:
+        return os.open(name, _DIR, dir_fd=directory)
+    except OSError:
+        return None
+
+
+def _reused(
+    reuse: Reuse,
+    st: os.stat_result,
+    previous: int | None,
+    name: str,
+    target_dir: int,
+    relative: str,
+    inner: str,
+    mode: int | None,
+    links: bool,
+) -> bool:
+    """Whether the file or symlink ``name`` was made by a hard link: to the copy of its
+    hard-link group made already (``links``), or to the last copy's, which must have been
+    written from the same content, mode and mtime and look so still."""
+    if links and st.st_nlink > 1 and (st.st_dev, st.st_ino) in reuse.groups:
+        first = reuse.groups[(st.st_dev, st.st_ino)]
+        os.link(first, name, src_dir_fd=reuse.top, dst_dir_fd=target_dir, follow_symlinks=False)
+        if first in reuse.written:
+            reuse.written[inner] = reuse.written[first]
+        return True
+    entry = reuse.entries.get(relative)
+    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else ""
+    if previous is None or entry is None or entry.kind != kind or not kind:
+        return False
+    wanted = (kind, entry.digest, st.st_mtime_ns, _layer_mode(st, mode))
+    if reuse.manifest.get(inner) != wanted or entry.mtime_ns != st.st_mtime_ns:
+        return False
+    try:
+        old = os.stat(name, dir_fd=previous, follow_symlinks=False)
+    except OSError:
+        return False
+    same = (stat.S_IFMT(old.st_mode) == stat.S_IFMT(st.st_mode) and old.st_size == st.st_size
+            and old.st_mtime_ns == st.st_mtime_ns and _layer_mode(old, None) == wanted[3]
+            and (old.st_uid, old.st_gid) == reuse.owner)  # fmt: skip
+    if not same or (old.st_dev, old.st_ino) in reuse.used:
+        return False  # changed under us, or linked once already: a hard link the copy lacks
+    os.link(name, name, src_dir_fd=previous, dst_dir_fd=target_dir, follow_symlinks=False)
+    reuse.used.add((old.st_dev, old.st_ino))
+    reuse.written[inner] = wanted
+    if links and st.st_nlink > 1:
+        reuse.groups[(st.st_dev, st.st_ino)] = inner
+    return True
+
+
+def _written(
+    reuse: Reuse, st: os.stat_result, relative: str, inner: str, mode: int | None, links: bool
+) -> None:
+    """Put a file just copied in the manifest (and its hard-link group, for ``links``)."""
+    entry = reuse.entries.get(relative)
+    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else ""
+    if entry is not None and entry.kind == kind:
+        reuse.written[inner] = (kind, entry.digest, st.st_mtime_ns, _layer_mode(st, mode))
+        if links and st.st_nlink > 1:
+            reuse.groups[(st.st_dev, st.st_ino)] = inner
+
+
+def _layer_mode(st: os.stat_result, mode: int | None) -> int:
+    """The mode a copied entry has in the layer (a symlink's is always 0777)."""
+    if stat.S_ISLNK(st.st_mode):
+        return 0o777
+    return mode if mode is not None else stat.S_IMODE(st.st_mode)
 
 
 def _copy_entry(

@@ -55,7 +55,16 @@ from kiln.dockerfile.instructions import (
 )
 from kiln.dockerfile.mounts import Mount
 from kiln.dockerfile.plan import BaseImageConfig, BuildPlan, StagePlan, Step, join_workdir
-from kiln.engine.copying import Deferred, copy_into, cp_contents, glob, makedirs, write_file
+from kiln.engine.copying import (
+    Deferred,
+    Manifest,
+    Reuse,
+    copy_deferred,
+    copy_into,
+    glob,
+    makedirs,
+    write_file,
+)
 from kiln.engine.history import created_by
 from kiln.engine.layering import Layering, check_layering, layer_groups, load_marked
 from kiln.engine.network import DEFAULT, HOST, MODES, PrivateNetwork
@@ -572,6 +581,11 @@ class _Run:
         # The epoch changes the layer's mtimes; keys without one stay as they were.
         epoch = {} if self.epoch is None else {"epoch": self.epoch}
         key = sha256_digest(canonical_json({"parent": parent, **key_parts, **epoch}))
+        # The same step with other files: a COPY that misses the cache reuses its last copy.
+        self.current.copy_step = (
+            sha256_digest(canonical_json({"parent": parent, **key_parts, **epoch, "files": ""}))
+            if "files" in key_parts else None
+        )  # fmt: skip
         entry = _entry(self.history_text(state, step))
         if self.reads_imported(step):
             state.imported = True
@@ -685,14 +699,7 @@ class _Run:
             try:
                 with mounted(lowers, upper, work, merged, kind=kind):
                     action(state, step, merged)
-                if deferred:
-                    with Tree(self.request.context) as context, Tree(upper) as layer:
-                        for source, target in deferred:
-                            with (
-                                opened(context.directory(source)) as from_dir,
-                                opened(layer.directory(target, links=False)) as into_dir,
-                            ):
-                                cp_contents(from_dir, into_dir)
+                manifests = self.copy_deferred(deferred or [], upper)
             finally:
                 self.current.deferred = None
             shutil.rmtree(work, ignore_errors=True)
@@ -709,10 +716,39 @@ class _Run:
                 )
             )
             self.snapshots.adopt(upper, digest)
+            copy_step = getattr(self.current, "copy_step", None)
+            if manifests and copy_step:
+                self.store.remember_copy(copy_step, digest, manifests)
             return digest, size
         finally:
             if upper.exists():
                 shutil.rmtree(upper, ignore_errors=True)
+
+    def copy_deferred(self, deferred: Deferred, upper: Path) -> dict[str, Manifest]:
+        """The deferred directory copies of a step, written into its upper dir; each
+        reuses what the step's last run copied to the same place, if its snapshot is here."""
+        if not deferred:
+            return {}
+        copy_step = getattr(self.current, "copy_step", None)
+        last = self.store.last_copy(copy_step) if copy_step else None
+        previous = None
+        if last is not None and self.snapshots.path(last[0]).is_dir():
+            previous = self.snapshots.path(last[0])
+        manifests: dict[str, Manifest] = {}
+        with ExitStack() as stack:
+            context = stack.enter_context(Tree(self.request.context))
+            layer = stack.enter_context(Tree(upper))
+            old = stack.enter_context(Tree(previous)) if previous is not None else None
+            for copy in deferred:
+                manifest = last[1].get(copy.target) if last is not None else None
+                previous_dir = None
+                if old is not None and manifest is not None and old.is_dir(copy.target):
+                    previous_dir = stack.enter_context(
+                        opened(old.directory(copy.target, links=False))
+                    )
+                reuse = Reuse(previous_dir, manifest or {}, self.context.by_path)
+                manifests[copy.target] = copy_deferred(copy, context, layer, reuse)
+        return manifests
 
     def run_key(self, state: _State, step: Step) -> dict[str, object]:
         """What a RUN's result depends on. Volumes count by how they are bound (source path,

@@ -20,6 +20,7 @@ import stat
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,11 @@ CREATE TABLE IF NOT EXISTS cache (
     layer TEXT NOT NULL,         -- the diff_id of the layer it made; '' for no layer
     size INTEGER NOT NULL,
     created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS copies (
+    step TEXT PRIMARY KEY,       -- a COPY's cache key without its files: the same step
+    layer TEXT NOT NULL,         -- the diff_id of the layer its last run made
+    manifest BLOB NOT NULL       -- zlib'd JSON: per directory copied, each file's origin
 );
 CREATE TABLE IF NOT EXISTS tags (
     name TEXT PRIMARY KEY,       -- full reference: docker.io/library/busybox:latest
@@ -242,6 +248,29 @@ class Store:
         if row is None or (row[0] and not self.has_blob(row[0])):
             return None
         return str(row[0]), int(row[1]), float(row[2])
+
+    def remember_copy(self, step: str, diff_id: str, manifests: dict[str, Any]) -> None:
+        """What the last run of a COPY step wrote (see ``kiln.engine.copying.Reuse``)."""
+        data = zlib.compress(json.dumps(manifests, separators=(",", ":")).encode(), 1)
+        with self._db_lock:
+            self.db.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?)", (step, diff_id, data))
+
+    def last_copy(self, step: str) -> tuple[str, dict[str, Any]] | None:
+        """(diff_id, manifests) of the last run of a COPY step, if one is remembered."""
+        with self._db_lock:
+            row = self.db.execute(
+                "SELECT layer, manifest FROM copies WHERE step = ?", (step,)
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            manifests = json.loads(zlib.decompress(row[1]))
+        except (zlib.error, ValueError):
+            return None  # a damaged row: the copy is made in full
+        return row[0], {
+            target: {path: tuple(value) for path, value in files.items()}
+            for target, files in manifests.items()
+        }
 
     def remember_layer(self, key: str, diff_id: str, size: int, created: float) -> None:
         with self._db_lock:

@@ -1,0 +1,134 @@
+"""Incremental COPY: a COPY that misses the cache links what its last run copied and writes
+only what changed, and the layer is byte for byte the one a full copy makes.
+
+Each case builds a first state of the context, then a second one in the same store (the
+incremental copy) and in a fresh store (the full copy), and compares the layers' digests.
+SOURCE_DATE_EPOCH lies between the files' own mtimes and the build: the directory the copy
+goes into was changed by the build, and only that mtime is clamped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.engine.support import NEEDS_RUNC, invoke
+
+pytestmark = NEEDS_RUNC
+
+FILE_TIME = 1_600_000_000
+EPOCH = "1700000000"
+
+# path -> content; "/" ends a directory; "-> X" is a symlink to X
+Tree = dict[str, str]
+
+FIRST: Tree = {
+    "src/keep.py": "unchanged\n", "src/edit.py": "old\n", "src/gone.py": "deleted later\n",
+    "src/to-dir": "a file, then a directory\n", "src/to-link": "a file, then a symlink\n",
+    "src/link": "-> keep.py", "src/pkg/": "", "src/pkg/deep.py": "deep\n",
+    "src/mode.sh": "echo\n", "src/same-size.txt": "aaaa\n", "src/secret.env": "ignored later\n",
+    "src/debug.log": "excluded\n", "src/stable-link": "-> pkg/deep.py",
+}  # fmt: skip
+SECOND: Tree = {
+    "src/keep.py": "unchanged\n", "src/edit.py": "new content\n", "src/added.py": "added\n",
+    "src/to-dir/": "", "src/to-dir/inside.py": "inside\n", "src/to-link": "-> pkg",
+    "src/link": "-> edit.py", "src/pkg/": "", "src/pkg/deep.py": "deep\n",
+    "src/mode.sh": "echo\n", "src/same-size.txt": "bbbb\n", "src/secret.env": "ignored later\n",
+    "src/debug.log": "excluded\n", "src/stable-link": "-> pkg/deep.py",
+}  # fmt: skip
+# same-size.txt keeps its size and mtime but not its content: only its digest tells
+KEEP_MTIME = {"src/same-size.txt"}
+CHMOD_LATER = {"src/mode.sh": 0o755}
+
+
+def write_context(root: Path, files: Tree, dockerfile: str, ignore: str, *, second: bool) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / "Dockerfile").write_text(dockerfile)
+    (root / ".dockerignore").write_text(ignore)
+    for name, content in sorted(files.items()):
+        path = root / name.rstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):
+            path.mkdir(exist_ok=True)
+        elif content.startswith("-> "):
+            path.symlink_to(content[3:])
+        else:
+            path.write_text(content)
+        if second and name in CHMOD_LATER:
+            path.chmod(CHMOD_LATER[name])  # the same content and mtime, another mode
+    for directory, dirs, names in os.walk(root, topdown=False):
+        for name in [*names, *dirs, ""]:
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            changed = second and files.get(relative) != FIRST.get(relative)
+            stamp = FILE_TIME + (100 if changed and relative not in KEEP_MTIME else 0)
+            os.utime(path, (stamp, stamp), follow_symlinks=False)
+
+
+def layers(tag: str) -> list[str]:
+    return json.loads(invoke("inspect", tag).stdout)[0]["RootFS"]["Layers"]
+
+
+VARIANTS = {
+    "plain": ("COPY src/ /app/src/", "", ""),
+    "chown-chmod": ("COPY --chown=1000:1000 --chmod=0750 src/ /app/src/", "", ""),
+    "exclude": ("COPY --exclude=*.log src/ /app/src/", "", ""),
+    "dockerignore-changes": ("COPY src/ /app/src/", "src/debug.log\n", "src/*.env\n"),
+    "whole-context": ("COPY . /app/", "Dockerfile\n.dockerignore\n", "Dockerfile\n*.log\n"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_an_incremental_copy_makes_the_layer_a_full_copy_makes(
+    variant: str, tmp_path: Path, busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy, first_ignore, second_ignore = VARIANTS[variant]
+    dockerfile = f"FROM busybox:base\nRUN mkdir /app\n{copy}\n"
+    build = ["build", "-q", "--build-arg", f"SOURCE_DATE_EPOCH={EPOCH}", "-t", "inc:1"]
+    ctx = tmp_path / "ctx"
+
+    monkeypatch.setenv("KILN_ROOT", str(tmp_path / "incremental"))
+    invoke("import", str(busybox_rootfs), "busybox:base")
+    write_context(ctx, FIRST, dockerfile, first_ignore, second=False)
+    invoke(*build, str(ctx))
+    before = layers("inc:1")[-1]
+    write_context(ctx, SECOND, dockerfile, second_ignore, second=True)
+    invoke(*build, str(ctx))
+    incremental = layers("inc:1")[-1]
+    snapshots = tmp_path / "incremental" / "snapshots"
+    kept = (snapshots / before[7:] / "app/src/pkg/deep.py").stat()
+    assert (snapshots / incremental[7:] / "app/src/pkg/deep.py").stat().st_ino == kept.st_ino
+
+    monkeypatch.setenv("KILN_ROOT", str(tmp_path / "full"))
+    invoke("import", str(busybox_rootfs), "busybox:base")
+    invoke(*build, str(ctx))
+    assert layers("inc:1")[-1] == incremental != before
+
+
+def test_the_context_changed_after_a_build_never_changes_the_store(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    """A copied file is never the context's inode: rewriting the context in place after two
+    builds (the second incremental) leaves what later steps read as it was."""
+    ctx = tmp_path / "ctx"
+    dockerfile = "FROM busybox:base\nCOPY src/ /app/src/\n"
+    write_context(ctx, FIRST, dockerfile, "", second=False)
+    invoke("build", "-q", "-t", "ctx:1", str(ctx))
+    (ctx / "src" / "edit.py").write_text("new content\n")  # the rest: the same inodes
+    invoke("build", "-q", "-t", "ctx:2", str(ctx))
+    for path in (ctx / "src").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "r+") as same_inode:
+                same_inode.write("MUTATED")
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "Dockerfile").write_text("FROM ctx:2\nRUN cat /app/src/keep.py /app/src/pkg/deep.py"
+                                      " /app/src/edit.py > /seen\n")  # fmt: skip
+    invoke("build", "-q", "-t", "probe:1", str(probe))
+    snapshot = kiln_root / "snapshots" / layers("probe:1")[-1][7:]
+    assert (snapshot / "seen").read_text() == "unchanged\ndeep\nnew content\n"
