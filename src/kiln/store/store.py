@@ -451,6 +451,7 @@ class Store:
         nothing references: (images, bytes) freed."""
         with self._collecting():
             self.db.execute("DELETE FROM cache")
+            self.db.execute("DELETE FROM copies")  # what incremental COPYs start from
             downloads = self.root / "cache" / "http"
             download_bytes = _tree_size(downloads)
             shutil.rmtree(downloads, ignore_errors=True)
