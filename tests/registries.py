@@ -302,8 +302,9 @@ class TokenServer:
 
 class FaultyProxy:
     """An HTTP proxy in front of a registry that fails some requests on purpose: ``fault``
-    gets (request number, method, path) and says "500", "drop" (close the connection with
-    no answer) or "" (pass the request on)."""
+    gets (request number, method, path) and says "500", "429 N" (too many requests, retry
+    after N seconds), "drop" (close the connection with no answer) or "" (pass the request
+    on). ``times`` has when each request came."""
 
     def __init__(self, upstream: str, fault: Callable[[int, str, str], str]) -> None:
         import http.server
@@ -312,6 +313,7 @@ class FaultyProxy:
         self.upstream, self.fault = upstream, fault
         self.count = 0
         self.injected: list[str] = []
+        self.times: list[tuple[float, str, str]] = []  # (monotonic time, method, path)
         self.lock = threading.Lock()
         proxy = self
 
@@ -322,6 +324,7 @@ class FaultyProxy:
                 with proxy.lock:
                     proxy.count += 1
                     number = proxy.count
+                    proxy.times.append((time.monotonic(), self.command, self.path))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 action = proxy.fault(number, self.command, self.path)
@@ -331,8 +334,10 @@ class FaultyProxy:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                if action == "500":
-                    self.send_response(500)
+                if action == "500" or action.startswith("429 "):
+                    self.send_response(int(action[:3]))
+                    if action.startswith("429 "):
+                        self.send_header("Retry-After", action[4:])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return

@@ -164,8 +164,5 @@ def test_extra_hosts_and_shm_size_reach_run_steps(client: Client, tmp_path: Path
            ())  # fmt: skip
     assert (out / "hosts.txt").read_text() == "10.0.0.2\tdb\n"
     assert (out / "shm.txt").read_text().split()[1] == "8192"  # 1K-blocks
-    assert (
-        "db" not in (out / "etc" / "hosts").read_text()
-        if (out / "etc" / "hosts").exists()
-        else True
-    )
+    # the hosts file the step saw was the runtime's: the image has none (busybox has none)
+    assert not (out / "etc" / "hosts").exists()

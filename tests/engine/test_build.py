@@ -189,7 +189,7 @@ def test_rebuilds_use_the_cache_exactly(kiln_root: Path, tmp_path: Path) -> None
     )
 
     def build(*extra: str) -> str:
-        return CliRunner().invoke(cli, ["build", "-t", "app:cache", *extra, str(ctx)]).stderr
+        return invoke("build", "-t", "app:cache", *extra, str(ctx)).stderr  # must succeed
 
     assert "CACHED" not in build()
     assert build().count("CACHED") == 3
@@ -303,13 +303,9 @@ def test_copy_link_layers_survive_a_new_base(
         "RUN cat /data/a.txt > /b.txt\n",
         {"a.txt": "a\n"},
     )
-    first = CliRunner().invoke(cli, ["build", "-t", "app:link", str(ctx)]).stderr
+    first = invoke("build", "-t", "app:link", str(ctx)).stderr
     assert "CACHED" not in first
-    second = (
-        CliRunner()
-        .invoke(cli, ["build", "-t", "app:link", "--build-arg", "BASE=busybox:other", str(ctx)])
-        .stderr
-    )
+    second = invoke("build", "-t", "app:link", "--build-arg", "BASE=busybox:other", str(ctx)).stderr
     assert second.count("CACHED") == 1  # the linked COPY; the RUN sees a new base
     rootfs = unpack(kiln_root, "link", tmp_path)
     assert (rootfs / "etc" / "other-base").exists() and (rootfs / "b.txt").read_text() == "a\n"
@@ -358,7 +354,7 @@ def test_a_bind_mounted_file_is_part_of_the_cache_key(kiln_root: Path, tmp_path:
     )
     invoke("build", "-t", "app:bindkey", str(ctx))
     (ctx / "data.txt").write_text("two\n")
-    assert "CACHED" not in CliRunner().invoke(cli, ["build", "-t", "app:bindkey", str(ctx)]).stderr
+    assert "CACHED" not in invoke("build", "-t", "app:bindkey", str(ctx)).stderr
     assert (unpack(kiln_root, "bindkey", tmp_path) / "out").read_text() == "two\n"
 
 

@@ -88,3 +88,52 @@ def test_redirected_blobs_are_fetched_without_the_registry_credentials(
         assert len(front.storage_saw) == 4 and front.storage_saw == [None] * 4
     finally:
         front.stop()
+
+
+def test_a_pull_waits_as_long_as_429_says_and_then_succeeds(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rate limited (Docker Hub's answer to busy CI): the manifest is asked for again after
+    the Retry-After the registry gave, not after kiln's own shorter back-off."""
+    invoke("push", "-q", "app:1", f"{registry.host}/app:1")
+    limited: list[int] = []
+
+    def rate_limited(number: int, method: str, path: str) -> str:
+        if "/manifests/" in path and len(limited) < 2:
+            limited.append(number)
+            return "429 1"
+        return ""
+
+    proxy = FaultyProxy(registry.host, rate_limited)
+    try:
+        monkeypatch.setenv("KILN_ROOT", str(tmp_path / "puller"))
+        invoke("pull", f"{proxy.host}/app:1")
+        assert invoke("run", "--rm", f"{proxy.host}/app:1").output == "hello from kiln\nbuilt\n"
+    finally:
+        proxy.stop()
+    assert [i.split()[0] for i in proxy.injected] == ["429", "429"]
+    asked = [t for t, _, path in proxy.times if "/manifests/" in path]
+    assert len(asked) >= 3 and asked[1] - asked[0] >= 0.9 and asked[2] - asked[1] >= 0.9
+
+
+def test_a_registry_that_stays_at_429_is_one_line_after_the_retries(
+    kiln_root: Path,  # noqa: F811
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    invoke("push", "-q", "app:1", f"{registry.host}/app:1")
+    proxy = FaultyProxy(registry.host, lambda n, m, path: "429 0" if "/manifests/" in path else "")
+    try:
+        monkeypatch.setenv("KILN_ROOT", str(tmp_path / "puller"))
+        failed = invoke("pull", f"{proxy.host}/app:1", ok=False)
+    finally:
+        proxy.stop()
+    assert failed.exit_code == 1
+    assert failed.output.count("\n") == 1 and "429" in failed.output, failed.output
+    assert "Traceback" not in failed.output
+    assert len(proxy.injected) == 5  # kiln's retry budget, then it stops asking
+    assert invoke("images").output.count("\n") == 1  # nothing pulled: the header line only
