@@ -1,10 +1,21 @@
-"""Benchmark: kiln build against BuildKit on the same app, cold, no-op and one-file rebuilds.
+"""Benchmark: kiln build against BuildKit on the same contexts: cold, no-op and one-file
+rebuilds.
 
 Not a test. Needs root, runc, busybox-static and Debian's docker.io (for BuildKit in a private
-dockerd this script starts and stops). Run: ``.venv/bin/python bench/bench_build.py``.
+dockerd this script starts and stops). Run: ``.venv/bin/python bench/bench_build.py``
+(``--shape app|service|bigcopy|all``).
 
-The app context has about 20,000 files / 130 MB; the Dockerfile has two COPY and two RUN
-steps, one RUN writing 2,000 files / 32 MB. Prints each time and the ratio kiln/BuildKit.
+Shapes:
+- ``app``: a context of 20,000 files / 130 MB; two COPY and two RUN steps, one RUN writing
+  2,000 files / 32 MB; the changed file is one of the app's own sources.
+- ``service``: a Python service as people write them: ``WORKDIR``, ``COPY requirements.txt``,
+  a RUN standing for the dependency install, ``COPY . .`` of 3,000 files / 40 MB with a
+  ``.dockerignore``, a RUN after it; the change is one line of ``service/api/handlers.py``.
+- ``bigcopy``: FROM a Debian minbase (the tests' cached debootstrap, where there is one;
+  busybox otherwise), ``COPY deps/`` of 400 files, a RUN writing 2,000 files / 32 MB, one
+  ``COPY src/`` of 20,000 files / 79 MB, a RUN reading it, LABEL, USER, CMD; the change is a
+  line appended to one file under ``src/``.
+Prints each time and the ratio kiln/BuildKit.
 """
 
 from __future__ import annotations
@@ -23,6 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 DOCKER = "/usr/bin/docker"
+DEBIAN_MINBASE = Path(os.environ.get("KILN_TEST_CACHE", "/var/cache/kiln-tests")) / (
+    "bookworm-minbase.tar"
+)
 DOCKERFILE = """\
 FROM busybox:bench
 COPY vendor/ /app/vendor/
@@ -46,6 +60,85 @@ def generate_context(root: Path, files: int, total_bytes: int) -> None:
         data = (i.to_bytes(4, "big") + block * (size // len(block) + 1))[:size]
         path.write_bytes(data)
     (root / "Dockerfile").write_text(DOCKERFILE)
+
+
+SERVICE_DOCKERFILE = """\
+FROM busybox:bench
+WORKDIR /srv/app
+COPY requirements.txt ./
+RUN mkdir -p /srv/venv && n=0 && while read -r line; do i=0; while [ $i -lt 60 ]; do \\
+      echo "$line" > /srv/venv/dep$n-$i.py; i=$((i+1)); done; n=$((n+1)); \\
+    done < requirements.txt
+COPY . .
+RUN find . -name '*.py' | wc -l > /srv/app/.count
+CMD ["python", "-m", "service"]
+"""
+
+BIGCOPY_DOCKERFILE = """\
+FROM {base}
+COPY deps/ /app/deps/
+RUN mkdir -p /gen && i=0 && while [ $i -lt 2000 ]; do \\
+      head -c 16384 /dev/urandom > /gen/f$i; i=$((i+1)); done
+COPY src/ /app/src/
+RUN find /app/src -type f | wc -l
+LABEL app=bench
+USER nobody
+CMD ["/bin/sh"]
+"""
+
+
+def _files(root: Path, rng: random.Random, paths: list[str], total_bytes: int) -> None:
+    """``paths`` under ``root`` with log-normal sizes adding up to about ``total_bytes``."""
+    sizes = [rng.lognormvariate(8, 1.5) for _ in paths]
+    scale = total_bytes / sum(sizes)
+    block = rng.randbytes(1 << 20)
+    for i, (name, raw) in enumerate(zip(paths, sizes, strict=True)):
+        size = max(1, min(int(raw * scale), 2 << 20))
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes((i.to_bytes(4, "big") + block * (size // len(block) + 1))[:size])
+
+
+def generate_service(root: Path) -> Path:
+    """A Python service's repository; returns the file a one-line change goes to."""
+    rng = random.Random(13)
+    kinds = [("service", ".py", 1600), ("tests", ".py", 800), ("docs", ".rst", 300),
+             ("static", ".js", 300)]  # fmt: skip
+    paths = [f"{top}/m{i % 29:02d}/f{i:04d}{ext}" for top, ext, n in kinds for i in range(n)]
+    _files(root, rng, paths, 40_000_000)
+    for junk in ("service/m00/__pycache__/f0000.cpython-311.pyc", ".git/objects/ab/cdef",
+                 "docs/_build/index.html"):  # fmt: skip
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        (root / junk).write_bytes(b"x" * 1000)
+    handlers = root / "service" / "api" / "handlers.py"
+    handlers.parent.mkdir(parents=True)
+    handlers.write_text("".join(f"def handler_{i}():\n    return {i}\n\n" for i in range(40)))
+    (root / "requirements.txt").write_text("".join(f"package{i}==1.{i}\n" for i in range(5)))
+    (root / ".dockerignore").write_text(".git\n**/*.pyc\n**/__pycache__\ndocs/_build\n")
+    (root / "Dockerfile").write_text(SERVICE_DOCKERFILE)
+    return handlers
+
+
+def change_one_line(path: Path) -> None:
+    """Rewrite one line in the middle of ``path``, as an edit does (not an append)."""
+    lines = path.read_text().splitlines(keepends=True)
+    middle = len(lines) // 2
+    lines[middle] = f"    return {random.randrange(10**9)}\n"
+    path.write_text("".join(lines))
+
+
+def generate_bigcopy(root: Path, base: str) -> Path:
+    rng = random.Random(5)
+    _files(root, rng, [f"deps/p{i % 41:02d}/f{i:03d}.py" for i in range(400)], 8_000_000)
+    _files(root, rng, [f"src/pkg{i % 41:02d}/mod{(i // 41) % 11}/f{i:05d}.py"
+                       for i in range(20_000)], 79_000_000)  # fmt: skip
+    (root / "Dockerfile").write_text(BIGCOPY_DOCKERFILE.format(base=base))
+    return root / "src" / "pkg03" / "mod0" / "f00003.py"
+
+
+def append_a_line(path: Path) -> None:
+    with open(path, "a") as out:
+        out.write(f"# {random.randrange(10**9)}\n")
 
 
 def busybox_rootfs(root: Path) -> None:
@@ -121,19 +214,20 @@ def timed(action: Callable[[], object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--files", type=int, default=20_000)
-    parser.add_argument("--megabytes", type=int, default=130)
+    parser.add_argument("--shape", choices=["app", "service", "bigcopy", "all"], default="all")
+    parser.add_argument("--files", type=int, default=20_000, help="the app shape's files")
+    parser.add_argument("--megabytes", type=int, default=130, help="the app shape's size")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each rebuild")
     parser.add_argument(
         "--page-cache", choices=["warm", "cold"], default="warm",
         help="warm: the context is in memory before each build; cold: nothing is",
     )  # fmt: skip
     args = parser.parse_args()
+    shapes = ["app", "service", "bigcopy"] if args.shape == "all" else [args.shape]
     kiln = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "kiln")
     with tempfile.TemporaryDirectory(prefix="kiln-bench-", dir="/var/tmp") as scratch:
         base = Path(scratch)
-        context, rootfs = base / "context", base / "rootfs"
-        generate_context(context, args.files, args.megabytes * 1_000_000)
+        rootfs = base / "rootfs"
         busybox_rootfs(rootfs)
         env = {**os.environ, "KILN_ROOT": str(base / "kiln")}
 
@@ -142,38 +236,76 @@ def main() -> None:
 
         kiln_run("import", str(rootfs), "busybox:bench")
         kiln_run("save", "-o", str(base / "busybox.tar"), "busybox:bench")
+        bigcopy_base = "busybox:bench"
+        if "bigcopy" in shapes and DEBIAN_MINBASE.exists():
+            kiln_run("import", str(DEBIAN_MINBASE), "debian:bench")
+            kiln_run("save", "-o", str(base / "debian.tar"), "debian:bench")
+            bigcopy_base = "debian:bench"
         dockerd = Dockerd(base)
         try:
-            dockerd.docker("load", "-i", str(base / "busybox.tar"))
-
-            def buildkit(*flags: str) -> None:
-                dockerd.docker(
-                    "build", "-q", "--network=host", *flags, "-t", "bench:1", str(context)
-                )
-
-            def kiln_build(*flags: str) -> None:
-                kiln_run("build", "-q", *flags, "-t", "bench:1", str(context))
-
-            changed = next((context / "src").rglob("*.py"))
-            results = []
-            for label, prepare, flags, repeat in (
-                ("first build", lambda: None, (), 1),
-                ("cold build (--no-cache)", lambda: None, ("--no-cache",), args.repeat),
-                ("no-op rebuild", lambda: None, (), args.repeat),
-                ("one source file changed", lambda: changed.write_bytes(os.urandom(64)), (),
-                 args.repeat),
-            ):  # fmt: skip
-                kiln_times, buildkit_times = [], []
-                for _ in range(repeat):
-                    prepare()
-                    settle(context, args.page_cache)
-                    buildkit_times.append(timed(functools.partial(buildkit, *flags)))
-                    settle(context, args.page_cache)
-                    kiln_times.append(timed(functools.partial(kiln_build, *flags)))
-                results.append((label, kiln_times, buildkit_times))
+            for archive in base.glob("*.tar"):
+                dockerd.docker("load", "-i", str(archive))
+            for shape in shapes:
+                context = base / f"context-{shape}"
+                context.mkdir()
+                if shape == "app":
+                    generate_context(context, args.files, args.megabytes * 1_000_000)
+                    changed = next((context / "src").rglob("*.py"))
+                    change = functools.partial(lambda p: p.write_bytes(os.urandom(64)), changed)
+                    about = f"{args.files} files, {args.megabytes} MB; 2 COPY, 2 RUN"
+                elif shape == "service":
+                    change = functools.partial(change_one_line, generate_service(context))
+                    about = "3,000 files, 40 MB, .dockerignore; COPY . . under WORKDIR"
+                else:
+                    change = functools.partial(
+                        append_a_line, generate_bigcopy(context, bigcopy_base)
+                    )
+                    about = f"FROM {bigcopy_base}; a 20,000-file, 79 MB COPY src/"
+                results = _measure(dockerd, kiln_run, context, change, args)
+                _report(shape, about, results, args)
+                shutil.rmtree(context)
         finally:
             dockerd.stop()
-    print(f"context: {args.files} files, {args.megabytes} MB; Dockerfile: 2 COPY, 2 RUN")
+
+
+def _measure(
+    dockerd: Dockerd,
+    kiln_run: Callable[..., None],
+    context: Path,
+    change: Callable[[], object],
+    args: argparse.Namespace,
+) -> list[tuple[str, list[float], list[float]]]:
+    def buildkit(*flags: str) -> None:
+        dockerd.docker("build", "-q", "--network=host", *flags, "-t", "bench:1", str(context))
+
+    def kiln_build(*flags: str) -> None:
+        kiln_run("build", "-q", *flags, "-t", "bench:1", str(context))
+
+    results = []
+    for label, prepare, flags, repeat in (
+        ("first build", lambda: None, (), 1),
+        ("cold build (--no-cache)", lambda: None, ("--no-cache",), args.repeat),
+        ("no-op rebuild", lambda: None, (), args.repeat),
+        ("one source file changed", change, (), args.repeat),
+    ):  # fmt: skip
+        kiln_times, buildkit_times = [], []
+        for _ in range(repeat):
+            prepare()
+            settle(context, args.page_cache)
+            buildkit_times.append(timed(functools.partial(buildkit, *flags)))
+            settle(context, args.page_cache)
+            kiln_times.append(timed(functools.partial(kiln_build, *flags)))
+        results.append((label, kiln_times, buildkit_times))
+    return results
+
+
+def _report(
+    shape: str,
+    about: str,
+    results: list[tuple[str, list[float], list[float]]],
+    args: argparse.Namespace,
+) -> None:
+    print(f"shape {shape}: {about}")
     print(f"each line: the median of its runs (fastest-slowest); up to {args.repeat} runs")
     print(f"page cache before each build: {args.page_cache}")
     print(f"{'':26} {'kiln':>20} {'BuildKit':>20} {'kiln/BuildKit':>14}")
@@ -183,6 +315,7 @@ def main() -> None:
             f"{label:26} {_spread(kiln_times):>20} {_spread(buildkit_times):>20} "
             f"{kiln_time / buildkit_time:14.2f}"
         )
+    print(flush=True)
 
 
 def _spread(times: list[float]) -> str:
