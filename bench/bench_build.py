@@ -122,8 +122,8 @@ def generate_service(root: Path) -> Path:
 def change_one_line(path: Path) -> None:
     """Rewrite one line in the middle of ``path``, as an edit does (not an append)."""
     lines = path.read_text().splitlines(keepends=True)
-    middle = len(lines) // 2
-    lines[middle] = f"    return {random.randrange(10**9)}\n"
+    middle = next(i for i in range(len(lines) // 2, len(lines)) if "return" in lines[i])
+    lines[middle] = f"    return {random.randrange(10**9)}\n"  # still valid Python
     path.write_text("".join(lines))
 
 

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,23 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def flaky(number: int, method: str, path: str) -> str:
-    """Every third request gets a 500 and every fifth is dropped unanswered."""
-    if number % 5 == 0:
-        return "drop"
-    return "500" if number % 3 == 0 else ""
+def flaky(faults: int = 4) -> Callable[[int, str, str], str]:
+    """Every third request gets a 500 and every fifth is dropped unanswered, until ``faults``
+    have been: uploads run in parallel, and five faults landing on one of them would exhaust
+    kiln's five tries, failing the test by chance."""
+    lock = threading.Lock()
+    injected = 0
+
+    def fault(number: int, method: str, path: str) -> str:
+        nonlocal injected
+        action = "drop" if number % 5 == 0 else "500" if number % 3 == 0 else ""
+        with lock:
+            if not action or injected == faults:
+                return ""
+            injected += 1
+        return action
+
+    return fault
 
 
 def test_push_and_pull_recover_from_drops_and_500s(
@@ -33,7 +47,7 @@ def test_push_and_pull_recover_from_drops_and_500s(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    proxy = FaultyProxy(registry.host, flaky)
+    proxy = FaultyProxy(registry.host, flaky())
     try:
         pushed = invoke("push", "-q", "app:1", f"{proxy.host}/app:1").output.strip()
         assert any(i.startswith("500") for i in proxy.injected)
@@ -42,7 +56,9 @@ def test_push_and_pull_recover_from_drops_and_500s(
                                    f"docker://{registry.host}/app:1"))  # fmt: skip
         assert direct["Digest"] == pushed
         monkeypatch.setenv("KILN_ROOT", str(tmp_path / "puller"))
+        proxy.fault, pushing = flaky(), len(proxy.injected)  # the pull gets faults of its own
         invoke("pull", f"{proxy.host}/app:1")
+        assert len(proxy.injected) > pushing
         assert invoke("run", "--rm", f"{proxy.host}/app:1").output == "hello from kiln\nbuilt\n"
     finally:
         proxy.stop()
