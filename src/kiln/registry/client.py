@@ -182,7 +182,7 @@ class RegistryClient:
                 _pause(attempt)
                 continue
             if done.status_code in _RETRIED_STATUS and attempt + 1 < _RETRIES:
-                _pause(attempt)
+                _pause(attempt, done.headers.get("Retry-After"))
                 continue
             self._check(done, what, expected=(201,))
             return
@@ -449,7 +449,7 @@ class RegistryClient:
                 continue
             if response.status_code not in _RETRIED_STATUS or attempt + 1 == _RETRIES:
                 return response
-            _pause(attempt)
+            _pause(attempt, response.headers.get("Retry-After"))
         raise AssertionError("not reached")
 
     def _check(
