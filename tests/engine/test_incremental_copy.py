@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.oci.layer import splice_dir_layer, write_dir_layer
 from tests.engine.support import NEEDS_RUNC, invoke
 
 pytestmark = NEEDS_RUNC
@@ -23,6 +24,7 @@ pytestmark = NEEDS_RUNC
 FILE_TIME = 1_600_000_000
 EPOCH = "1700000000"
 
+LONG_NAME = "src/" + "d" * 70 + "/" + "f" * 90 + ".py"  # past ustar's 100 and 155 bytes
 # path -> content; "/" ends a directory; "-> X" is a symlink to X
 Tree = dict[str, str]
 
@@ -32,6 +34,7 @@ FIRST: Tree = {
     "src/link": "-> keep.py", "src/pkg/": "", "src/pkg/deep.py": "deep\n",
     "src/mode.sh": "echo\n", "src/same-size.txt": "aaaa\n", "src/secret.env": "ignored later\n",
     "src/debug.log": "excluded\n", "src/stable-link": "-> pkg/deep.py",
+    LONG_NAME: "a long path: a PAX header\n", "src/ünïcode.py": "pax too\n",
 }  # fmt: skip
 SECOND: Tree = {
     "src/keep.py": "unchanged\n", "src/edit.py": "new content\n", "src/added.py": "added\n",
@@ -39,6 +42,7 @@ SECOND: Tree = {
     "src/link": "-> edit.py", "src/pkg/": "", "src/pkg/deep.py": "deep\n",
     "src/mode.sh": "echo\n", "src/same-size.txt": "bbbb\n", "src/secret.env": "ignored later\n",
     "src/debug.log": "excluded\n", "src/stable-link": "-> pkg/deep.py",
+    LONG_NAME: "a long path: a PAX header\n", "src/ünïcode.py": "pax too\n",
 }  # fmt: skip
 # same-size.txt keeps its size and mtime but not its content: only its digest tells
 KEEP_MTIME = {"src/same-size.txt"}
@@ -132,3 +136,27 @@ def test_the_context_changed_after_a_build_never_changes_the_store(
     invoke("build", "-q", "-t", "probe:1", str(probe))
     snapshot = kiln_root / "snapshots" / layers("probe:1")[-1][7:]
     assert (snapshot / "seen").read_text() == "unchanged\ndeep\nnew content\n"
+
+
+def test_a_spliced_layer_is_the_tar_gnu_tar_writes(tmp_path: Path) -> None:
+    """The layer of a tree whose files are mostly the inodes of an earlier tree, taken from
+    that tree's layer, is GNU tar's own output for the new tree, byte for byte: long and
+    non-ASCII names (PAX headers), symlinks, a changed file, a new one, directories."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    write_context(old, FIRST, "", "", second=False)
+    with open(tmp_path / "old.tar", "wb") as out:
+        write_dir_layer(old, out)
+    write_context(new, SECOND, "", "", second=True)
+    kept = set()
+    for name, content in FIRST.items():
+        if SECOND.get(name) == content and not name.endswith("/") and name not in CHMOD_LATER:
+            (new / name).unlink()
+            os.link(old / name, new / name, follow_symlinks=False)
+            kept.add(name)
+    assert len(kept) == 7
+    (new / "src" / "extra.bin").write_bytes(bytes(5000))  # the archive ends past a record
+    with open(tmp_path / "spliced.tar", "wb") as out:
+        assert splice_dir_layer(new, out, tmp_path / "old.tar", kept) is not None
+    with open(tmp_path / "written.tar", "wb") as out:
+        write_dir_layer(new, out)
+    assert (tmp_path / "spliced.tar").read_bytes() == (tmp_path / "written.tar").read_bytes()

@@ -70,6 +70,7 @@ class Reuse:
     # cp --preserve=links: a source inode copied already, by where it went (plain copies)
     groups: dict[tuple[int, int], str] = field(default_factory=dict)
     used: set[tuple[int, int]] = field(default_factory=set)  # snapshot inodes linked
+    linked: set[str] = field(default_factory=set)  # paths linked from ``previous``
 
 
 def makedirs(image: Tree, path: str, owner: Owner) -> int:
@@ -324,6 +325,7 @@ def _reused(
         return False  # changed under us, or linked once already: a hard link the copy lacks
     os.link(name, name, src_dir_fd=previous, dst_dir_fd=target_dir, follow_symlinks=False)
     reuse.used.add((old.st_dev, old.st_ino))
+    reuse.linked.add(inner)
     reuse.written[inner] = wanted
     if links and st.st_nlink > 1:
         reuse.groups[(st.st_dev, st.st_ino)] = inner

@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from kiln.context import (
     ContextEntry,
@@ -102,7 +103,9 @@ from kiln.oci.layer import (
     is_opaque,
     is_whiteout,
     open_decompressed,
+    splice_dir_layer,
     write_dir_layer,
+    written_by_gnu_tar,
 )
 from kiln.oci.objects import (
     CONFIG,
@@ -115,6 +118,7 @@ from kiln.oci.objects import (
 from kiln.platform import emulator_hint, runs_here
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage, merge_layers
+from kiln.store.store import LastCopy
 from kiln.tree import Tree, TreeError, opened
 
 Output = Callable[[str], None]
@@ -699,56 +703,63 @@ class _Run:
             try:
                 with mounted(lowers, upper, work, merged, kind=kind):
                     action(state, step, merged)
-                manifests = self.copy_deferred(deferred or [], upper)
+                copied = self.copy_deferred(deferred or [], upper)
             finally:
                 self.current.deferred = None
             shutil.rmtree(work, ignore_errors=True)
             if not any(upper.iterdir()):
                 return "", 0
             unchanged = _same_as_lower(lowers)
-            digest, size = self.store.put_blob_stream(
-                lambda out: write_dir_layer(
-                    upper,
-                    out,  # type: ignore[arg-type]
-                    overlay=True,
-                    unchanged=unchanged,
-                    clamp=self.epoch,
-                )
-            )
+            gnu_tar = written_by_gnu_tar(upper, overlay=True, unchanged=unchanged)
+
+            def write(hashing: HashingWriter) -> None:
+                out = cast(BinaryIO, hashing)  # the writers take a file; this one hashes
+                # Most of an incremental copy's layer is the last one's: its entries are
+                # taken from there as they are, when GNU tar wrote both.
+                if copied.kept and copied.previous and copied.previous.gnu_tar and gnu_tar:
+                    old = self.store.blob_path(copied.previous.layer)
+                    if old.exists() and splice_dir_layer(
+                        upper, out, old, copied.kept, clamp=self.epoch
+                    ):
+                        return
+                write_dir_layer(upper, out, overlay=True, unchanged=unchanged, clamp=self.epoch)
+
+            digest, size = self.store.put_blob_stream(write)
             self.snapshots.adopt(upper, digest)
             copy_step = getattr(self.current, "copy_step", None)
-            if manifests and copy_step:
-                self.store.remember_copy(copy_step, digest, manifests)
+            if copied.manifests and copy_step:
+                self.store.remember_copy(copy_step, digest, copied.manifests, gnu_tar=gnu_tar)
             return digest, size
         finally:
             if upper.exists():
                 shutil.rmtree(upper, ignore_errors=True)
 
-    def copy_deferred(self, deferred: Deferred, upper: Path) -> dict[str, Manifest]:
+    def copy_deferred(self, deferred: Deferred, upper: Path) -> _Copied:
         """The deferred directory copies of a step, written into its upper dir; each
         reuses what the step's last run copied to the same place, if its snapshot is here."""
-        if not deferred:
-            return {}
+        copied = _Copied()
         copy_step = getattr(self.current, "copy_step", None)
-        last = self.store.last_copy(copy_step) if copy_step else None
-        previous = None
-        if last is not None and self.snapshots.path(last[0]).is_dir():
-            previous = self.snapshots.path(last[0])
-        manifests: dict[str, Manifest] = {}
+        last = self.store.last_copy(copy_step) if copy_step and deferred else None
+        if last is not None and self.snapshots.path(last.layer).is_dir():
+            copied.previous = last
         with ExitStack() as stack:
             context = stack.enter_context(Tree(self.request.context))
             layer = stack.enter_context(Tree(upper))
-            old = stack.enter_context(Tree(previous)) if previous is not None else None
+            old = None
+            if copied.previous is not None:
+                old = stack.enter_context(Tree(self.snapshots.path(copied.previous.layer)))
             for copy in deferred:
-                manifest = last[1].get(copy.target) if last is not None else None
+                manifest = copied.previous.copies.get(copy.target) if copied.previous else None
                 previous_dir = None
                 if old is not None and manifest is not None and old.is_dir(copy.target):
                     previous_dir = stack.enter_context(
                         opened(old.directory(copy.target, links=False))
                     )
                 reuse = Reuse(previous_dir, manifest or {}, self.context.by_path)
-                manifests[copy.target] = copy_deferred(copy, context, layer, reuse)
-        return manifests
+                copied.manifests[copy.target] = copy_deferred(copy, context, layer, reuse)
+                prefix = copy.target + "/" if copy.target else ""
+                copied.kept |= {prefix + inner for inner in reuse.linked}
+        return copied
 
     def run_key(self, state: _State, step: Step) -> dict[str, object]:
         """What a RUN's result depends on. Volumes count by how they are bound (source path,
@@ -1618,3 +1629,13 @@ class _StageCounter:
     def header(self, text: str) -> str:
         self.index += 1
         return f"[{self.name}{self.index:>{len(str(self.total))}}/{self.total}] {text}"
+
+
+@dataclass
+class _Copied:
+    """What a step's deferred copies did: per directory, what they wrote; the paths of the
+    upper dir linked from the last run's snapshot (``previous``)."""
+
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    kept: set[str] = field(default_factory=set)
+    previous: LastCopy | None = None

@@ -8,11 +8,14 @@ attributes (``security.capability`` among them) travel as PAX ``SCHILY.xattr`` r
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +90,7 @@ def write_dir_layer(
     says matches the lower one is left out.
     """
     writer = HashingWriter(out)
-    if shutil.which("tar") and not (overlay and _needs_conversion(root, unchanged)):
+    if written_by_gnu_tar(root, overlay=overlay, unchanged=unchanged):
         _gnu_tar(root, writer, clamp)
         return LayerInfo(writer.digest, writer.size)
     links: dict[tuple[int, int], str] = {}
@@ -100,6 +103,13 @@ def write_dir_layer(
             else:
                 _add_entry(tar, path, relative, links, clamp)
     return LayerInfo(writer.digest, writer.size)
+
+
+def written_by_gnu_tar(
+    root: Path, *, overlay: bool = False, unchanged: Unchanged | None = None
+) -> bool:
+    """Whether ``write_dir_layer`` gives this tree to GNU tar (see ``splice_dir_layer``)."""
+    return bool(shutil.which("tar")) and not (overlay and _needs_conversion(root, unchanged))
 
 
 def _needs_conversion(root: Path, unchanged: Unchanged | None) -> bool:
@@ -125,27 +135,161 @@ def _needs_conversion(root: Path, unchanged: Unchanged | None) -> bool:
     return False
 
 
-def _gnu_tar(root: Path, writer: HashingWriter, clamp: int | None) -> None:
+def _gnu_tar(
+    root: Path, writer: HashingWriter, clamp: int | None, only: list[bytes] | None = None
+) -> None:
     """The same layer semantics, written by GNU tar: several times faster than tarfile for
-    thousands of files. Sorted, numeric owners, whole-second mtimes, no atime/ctime, xattrs."""
-    names = sorted(os.listdir(root), key=os.fsencode)
-    if not names:
+    thousands of files. Sorted, numeric owners, whole-second mtimes, no atime/ctime, xattrs.
+    With ``only``: just those paths, in that order, each on its own (no recursion)."""
+    names = sorted(os.listdir(root), key=os.fsencode) if only is None else []
+    if only is None and not names:
         with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT):  # type: ignore[call-overload]
             return
+    listed = ("--no-recursion", "--null", "--files-from=-") if only is not None else ()
     command = [
         "tar", "--create", "--file=-", f"--directory={root}", "--format=pax", "--sort=name",
         "--numeric-owner", "--xattrs", "--xattrs-include=*", *_GNU_TAR_XATTR_EXCLUDES,
         "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime,delete=mtime",
-        "--no-acls", "--no-selinux",
+        "--no-acls", "--no-selinux", *listed,
         *(("--clamp-mtime", f"--mtime=@{clamp}") if clamp is not None else ()), "--", *names,
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE if only is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
     assert process.stdout is not None
+    if only is not None:
+        feeder = threading.Thread(target=_feed, args=(process, b"".join(n + b"\0" for n in only)))
+        feeder.start()
     while chunk := process.stdout.read(1 << 20):
         writer.write(chunk)
+    if only is not None:
+        feeder.join()
+        process.stdin = None  # closed by the feeder: nothing for communicate to flush
     _, errors = process.communicate()
     if process.returncode != 0:
         raise LayerError(f"tar failed on {root}: {errors.decode(errors='replace').strip()}")
+
+
+def _feed(process: subprocess.Popen[bytes], data: bytes) -> None:
+    assert process.stdin is not None
+    with process.stdin:
+        process.stdin.write(data)
+
+
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # GNU tar's default blocking: the archive ends on a multiple of it
+
+
+def splice_dir_layer(
+    root: Path, out: BinaryIO, previous: Path, kept: set[str], *, clamp: int | None = None
+) -> LayerInfo | None:
+    """``write_dir_layer(root)``'s exact bytes, most of them taken from ``previous``: the
+    layer GNU tar wrote of a tree in which every path of ``kept`` (files and symlinks of
+    ``root``, relative) was the very inode it is in ``root``, so their entries are the
+    same bytes. Only the other entries are written by GNU tar again (one path at a time, in
+    the order a whole run visits them). None where ``previous`` lacks one of them."""
+    order = _tar_order(root)
+    fresh = [path for path, _ in order if path not in kept]
+    for path in fresh:  # a hard link to a kept file: GNU tar would have written a link entry
+        st = os.lstat(root / path)
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            return None
+    with open(previous, "rb") as old_file, tempfile.TemporaryFile() as partial:
+        old = mmap.mmap(old_file.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(
+            old_file.fileno()
+        ).st_size else None  # fmt: skip
+        old_index = _tar_index(old) if old is not None else {}
+        if any(old_index.get(p, (0, 0, b"1"))[2] not in (b"0", b"2") for p in kept):
+            return None  # missing, or a hard link entry (its first path is not kept)
+        _gnu_tar(root, HashingWriter(partial), clamp, [os.fsencode(p) for p in fresh])
+        partial.flush()
+        new = mmap.mmap(partial.fileno(), 0, access=mmap.ACCESS_READ) if fresh else None
+        new_index = _tar_index(new) if new is not None else {}
+        pieces: list[tuple[mmap.mmap, int, int]] = []
+        for path, is_dir in order:
+            name = path + ("/" if is_dir else "")
+            source, index = (old, old_index) if path in kept else (new, new_index)
+            if source is None or name not in index:
+                return None
+            start, end, _ = index[name]
+            if pieces and pieces[-1][0] is source and pieces[-1][2] == start:
+                pieces[-1] = (source, pieces[-1][1], end)  # runs of entries: one copy each
+            else:
+                pieces.append((source, start, end))
+        writer = HashingWriter(out)
+        for source, start, end in pieces:
+            for chunk in range(start, end, 8 << 20):
+                writer.write(source[chunk : min(chunk + (8 << 20), end)])
+        writer.write(bytes(2 * _BLOCK))
+        writer.write(bytes(-writer.size % _RECORD))
+        return LayerInfo(writer.digest, writer.size)
+
+
+def _tar_order(root: Path) -> list[tuple[str, bool]]:
+    """(path, is a directory) of every entry below ``root`` in the order GNU tar's
+    ``--sort=name`` archives them: names byte-wise, a directory before its contents."""
+    order: list[tuple[str, bool]] = []
+
+    def visit(directory: str, prefix: str) -> None:
+        with os.scandir(directory) as listing:
+            children = sorted(listing, key=lambda e: os.fsencode(e.name))
+        for child in children:
+            path = prefix + child.name
+            is_dir = child.is_dir(follow_symlinks=False)
+            order.append((path, is_dir))
+            if is_dir:
+                visit(child.path, path + "/")
+
+    visit(str(root), "")
+    return order
+
+
+def _tar_index(data: mmap.mmap) -> dict[str, tuple[int, int, bytes]]:
+    """Each entry of a tar GNU tar wrote, by its name (directories end in /): where its
+    bytes start (its PAX header, if it has one) and end (its data's last block), and its
+    type flag."""
+    index: dict[str, tuple[int, int, bytes]] = {}
+    offset, start, long_name = 0, 0, ""
+    while offset + _BLOCK <= len(data):
+        header = data[offset : offset + _BLOCK]
+        if header == bytes(_BLOCK):
+            break
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        data_end = offset + _BLOCK + -(-size // _BLOCK) * _BLOCK
+        if kind == b"x":  # the next entry's PAX header: its own name may be in it
+            long_name = _pax_path(data[offset + _BLOCK : offset + _BLOCK + size]) or ""
+            offset = data_end
+            continue
+        name = header[0:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0]
+        full = os.fsdecode(prefix + b"/" + name if prefix else name)
+        index[long_name or full] = (start, data_end, kind)
+        offset = start = data_end
+        long_name = ""
+    return index
+
+
+def _octal(field: bytes) -> int:
+    if field[0] & 0x80:  # base-256, for sizes past 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax_path(records: bytes) -> str | None:
+    """The ``path`` record of a PAX extended header ("LEN path=VALUE\\n")."""
+    offset = 0
+    while offset < len(records):
+        length_text, _, _ = records[offset:].partition(b" ")
+        length = int(length_text)
+        record = records[offset : offset + length]
+        key, _, value = record[len(length_text) + 1 : -1].partition(b"=")
+        if key == b"path":
+            return os.fsdecode(value)
+        offset += length
+    return None
 
 
 WHITEOUT_PREFIX = ".wh."

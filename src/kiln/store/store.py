@@ -89,6 +89,16 @@ class StoreError(KilnError):
 
 
 @dataclass(frozen=True)
+class LastCopy:
+    """The last run of a COPY step: its layer, what it wrote per directory copied, and
+    whether GNU tar wrote the layer."""
+
+    layer: str
+    copies: dict[str, dict[str, Any]]
+    gnu_tar: bool
+
+
+@dataclass(frozen=True)
 class StoredImage:
     """An image in the store: its manifest and config, parsed, and its tags."""
 
@@ -249,14 +259,18 @@ class Store:
             return None
         return str(row[0]), int(row[1]), float(row[2])
 
-    def remember_copy(self, step: str, diff_id: str, manifests: dict[str, Any]) -> None:
-        """What the last run of a COPY step wrote (see ``kiln.engine.copying.Reuse``)."""
-        data = zlib.compress(json.dumps(manifests, separators=(",", ":")).encode(), 1)
+    def remember_copy(
+        self, step: str, diff_id: str, manifests: dict[str, Any], *, gnu_tar: bool
+    ) -> None:
+        """What the last run of a COPY step wrote (see ``kiln.engine.copying.Reuse``), and
+        whether GNU tar wrote its layer (see ``kiln.oci.layer.splice_dir_layer``)."""
+        record = {"gnu_tar": gnu_tar, "copies": manifests}
+        data = zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 1)
         with self._db_lock:
             self.db.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?)", (step, diff_id, data))
 
-    def last_copy(self, step: str) -> tuple[str, dict[str, Any]] | None:
-        """(diff_id, manifests) of the last run of a COPY step, if one is remembered."""
+    def last_copy(self, step: str) -> LastCopy | None:
+        """The last run of a COPY step, if one is remembered."""
         with self._db_lock:
             row = self.db.execute(
                 "SELECT layer, manifest FROM copies WHERE step = ?", (step,)
@@ -264,13 +278,14 @@ class Store:
         if row is None:
             return None
         try:
-            manifests = json.loads(zlib.decompress(row[1]))
-        except (zlib.error, ValueError):
+            record = json.loads(zlib.decompress(row[1]))
+            copies = {
+                target: {path: tuple(value) for path, value in files.items()}
+                for target, files in record["copies"].items()
+            }
+            return LastCopy(row[0], copies, bool(record["gnu_tar"]))
+        except (zlib.error, ValueError, KeyError, TypeError, AttributeError):
             return None  # a damaged row: the copy is made in full
-        return row[0], {
-            target: {path: tuple(value) for path, value in files.items()}
-            for target, files in manifests.items()
-        }
 
     def remember_layer(self, key: str, diff_id: str, size: int, created: float) -> None:
         with self._db_lock:
