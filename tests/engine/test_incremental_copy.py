@@ -25,7 +25,7 @@ FILE_TIME = 1_600_000_000
 EPOCH = "1700000000"
 
 LONG_NAME = "src/" + "d" * 70 + "/" + "f" * 90 + ".py"  # past ustar's 100 and 155 bytes
-# path -> content; "/" ends a directory; "-> X" is a symlink to X
+# path -> content; "/" ends a directory; "-> X" is a symlink to X; "=> X" a hard link to X
 Tree = dict[str, str]
 
 FIRST: Tree = {
@@ -35,6 +35,7 @@ FIRST: Tree = {
     "src/mode.sh": "echo\n", "src/same-size.txt": "aaaa\n", "src/secret.env": "ignored later\n",
     "src/debug.log": "excluded\n", "src/stable-link": "-> pkg/deep.py",
     LONG_NAME: "a long path: a PAX header\n", "src/ünïcode.py": "pax too\n",
+    "src/pair-a": "one inode\n", "src/pair-b": "=> src/pair-a",
 }  # fmt: skip
 SECOND: Tree = {
     "src/keep.py": "unchanged\n", "src/edit.py": "new content\n", "src/added.py": "added\n",
@@ -43,9 +44,12 @@ SECOND: Tree = {
     "src/mode.sh": "echo\n", "src/same-size.txt": "bbbb\n", "src/secret.env": "ignored later\n",
     "src/debug.log": "excluded\n", "src/stable-link": "-> pkg/deep.py",
     LONG_NAME: "a long path: a PAX header\n", "src/ünïcode.py": "pax too\n",
+    "src/pair-a": "one inode\n", "src/pair-b": "one inode\n",
+    "src/twin-a": "linked now\n", "src/twin-b": "=> src/twin-a",
 }  # fmt: skip
-# same-size.txt keeps its size and mtime but not its content: only its digest tells
-KEEP_MTIME = {"src/same-size.txt"}
+# same-size.txt keeps its size and mtime but not its content: only its digest tells;
+# pair-b is still pair-a's content and mtime, but its own inode now
+KEEP_MTIME = {"src/same-size.txt", "src/pair-b"}
 CHMOD_LATER = {"src/mode.sh": 0o755}
 
 
@@ -61,6 +65,8 @@ def write_context(root: Path, files: Tree, dockerfile: str, ignore: str, *, seco
             path.mkdir(exist_ok=True)
         elif content.startswith("-> "):
             path.symlink_to(content[3:])
+        elif content.startswith("=> "):
+            os.link(root / content[3:], path)
         else:
             path.write_text(content)
         if second and name in CHMOD_LATER:
@@ -143,17 +149,20 @@ def test_a_spliced_layer_is_the_tar_gnu_tar_writes(tmp_path: Path) -> None:
     that tree's layer, is GNU tar's own output for the new tree, byte for byte: long and
     non-ASCII names (PAX headers), symlinks, a changed file, a new one, directories."""
     old, new = tmp_path / "old", tmp_path / "new"
-    write_context(old, FIRST, "", "", second=False)
+    first, second = (
+        {k: v for k, v in t.items() if not v.startswith("=> ")} for t in (FIRST, SECOND)
+    )
+    write_context(old, first, "", "", second=False)
     with open(tmp_path / "old.tar", "wb") as out:
         write_dir_layer(old, out)
-    write_context(new, SECOND, "", "", second=True)
+    write_context(new, second, "", "", second=True)
     kept = set()
-    for name, content in FIRST.items():
-        if SECOND.get(name) == content and not name.endswith("/") and name not in CHMOD_LATER:
+    for name, content in first.items():
+        if second.get(name) == content and not name.endswith("/") and name not in CHMOD_LATER:
             (new / name).unlink()
             os.link(old / name, new / name, follow_symlinks=False)
             kept.add(name)
-    assert len(kept) == 7
+    assert len(kept) == 8
     (new / "src" / "extra.bin").write_bytes(bytes(5000))  # the archive ends past a record
     with open(tmp_path / "spliced.tar", "wb") as out:
         assert splice_dir_layer(new, out, tmp_path / "old.tar", kept) is not None

@@ -14,6 +14,7 @@ could re-include something below them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import marshal
 import os
@@ -81,6 +82,7 @@ class ContextSnapshot:
     entries: tuple[ContextEntry, ...]
     hashed_files: int
     hashed_bytes: int
+    walk: bytes = field(default=b"", repr=False, compare=False)  # find's listing of it
     _index: dict[str, ContextEntry] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +100,22 @@ class ContextSnapshot:
     @property
     def by_path(self) -> Mapping[str, ContextEntry]:
         return self._index
+
+    @functools.cached_property
+    def hard_links(self) -> frozenset[str]:
+        """The paths that are one inode with another path walked (``cp -a`` keeps such
+        groups): found from the listing when a copy asks, as few contexts have any."""
+        seen: dict[bytes, bytes] = {}
+        linked: set[bytes] = set()
+        for fields, _ in _records(self.walk):
+            kind, dev, ino, _rest = fields.split(b" ", 3)
+            if kind == b"d":
+                continue
+            path = fields.split(b" ", 9)[9].removeprefix(b"./")
+            first = seen.setdefault(dev + b":" + ino, path)
+            if first != path:
+                linked.update((first, path))
+        return frozenset(map(os.fsdecode, linked))
 
     def digest(self) -> str:
         """One digest for the whole context: names, kinds, modes and contents."""
@@ -284,7 +302,7 @@ class ContextScan:
             remembered = cache.lookup(self.key, walk=False)
             if remembered is not None:
                 entries = tuple(map(_entry, remembered.entries))
-                return ContextSnapshot(self.root, entries, 0, 0)
+                return ContextSnapshot(self.root, entries, 0, 0, data)
         records = _records(data)
         previous = cache.lookup(self.key) if cache is not None else None
         try:
@@ -301,6 +319,7 @@ class ContextScan:
             tuple(map(_entry, rows)),
             len(to_hash),
             sum(rows[i][3] for i in to_hash),
+            data,
         )
         if cache is not None:
             racy_since = time.time_ns() - RACY_WINDOW_NS

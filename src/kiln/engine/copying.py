@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from kiln import tree
@@ -58,18 +58,22 @@ Manifest = dict[str, tuple[str, str, int, int]]
 class Reuse:
     """An incremental copy: files the last copy of the same step wrote (``previous``, the
     copied directory in its snapshot, and its ``manifest``) are hard-linked from there when
-    the context still has them alike; the rest is copied. A store's snapshots are never
-    written again, so sharing their inodes is safe; the context's never are shared."""
+    the context scan has them alike; the rest is copied. A store's snapshots are never
+    written again, so sharing their inodes is safe; the context's never are shared.
+
+    A file is linked on what the scan and the manifest say, with no stat of either side:
+    the manifest marks the files it shares an inode with ("linked"), which are copied, so
+    no two paths of a layer become one inode that a full copy would keep apart."""
 
     previous: int | None
     manifest: Manifest
     entries: Mapping[str, ContextEntry]
+    hard_links: Collection[str] = ()  # context paths sharing an inode (ContextSnapshot's)
     owner: Owner = (0, 0)
     top: int = -1  # the copied directory in the upper dir, where hard-link groups point
     written: Manifest = field(default_factory=dict)
     # cp --preserve=links: a source inode copied already, by where it went (plain copies)
     groups: dict[tuple[int, int], str] = field(default_factory=dict)
-    used: set[tuple[int, int]] = field(default_factory=set)  # snapshot inodes linked
     linked: set[str] = field(default_factory=set)  # paths linked from ``previous``
 
 
@@ -202,8 +206,10 @@ def copy_deferred(copy: DeferredCopy, context: Tree, layer: Tree, reuse: Reuse) 
         if copy.plain and (reuse.previous is None or any(e.kind == "other" for e in below)):
             cp_contents(source_dir, target_dir)  # (cp copies FIFOs and devices too)
             return {
-                e.path[len(prefix):]: (e.kind, e.digest, e.mtime_ns,
-                                       0o777 if e.kind == "symlink" else e.mode & 0o7777)
+                e.path[len(prefix):]: (
+                    "linked" if e.path in reuse.hard_links else e.kind, e.digest, e.mtime_ns,
+                    0o777 if e.kind == "symlink" else e.mode & 0o7777,
+                )
                 for e in below if e.kind in ("file", "symlink")
             }  # fmt: skip
         reuse.owner, reuse.top = copy.owner, target_dir
@@ -233,25 +239,27 @@ def _copy_contents(
     """The contents of ``source_dir`` into ``target_dir``; with ``reuse``, files the last
     copy wrote in ``previous`` (this level's directory in its snapshot, opened one name at a
     time without following a symlink) are linked from there where they are still alike."""
-    for name in sorted(tree.listdir(source_dir)):
+    for name, is_dir in _listing(source_dir):
         child_relative = f"{relative}/{name}" if relative else name
         child_inner = f"{inner}/{name}" if inner else name
         if visible is not None and child_relative not in visible:
             continue
-        st = os.stat(name, dir_fd=source_dir, follow_symlinks=False)
-        is_dir = stat.S_ISDIR(st.st_mode)
         excluded = exclude is not None and exclude.matches(child_inner)
         if excluded and not (
             is_dir and exclude is not None and exclude.may_include_under(child_inner)
         ):
             continue
         if not is_dir:
-            if reuse is None or not _reused(reuse, st, previous, name, target_dir,
-                                            child_relative, child_inner, mode, links):  # fmt: skip
+            if reuse is None:
                 _copy_entry(source_dir, name, target_dir, name, owner, mode)
-                if reuse is not None:
-                    _written(reuse, st, child_relative, child_inner, mode, links)
+            elif links and child_relative in reuse.hard_links:
+                _copy_grouped(reuse, source_dir, name, target_dir, child_inner, mode)
+            elif not _reused(reuse, previous, name, target_dir, child_relative, child_inner,
+                             mode):  # fmt: skip
+                st = _copy_entry(source_dir, name, target_dir, name, owner, mode)
+                _written(reuse, st, child_relative, child_inner, mode)
             continue
+        st = os.stat(name, dir_fd=source_dir, follow_symlinks=False)
         try:
             there = os.stat(name, dir_fd=target_dir, follow_symlinks=False)
         except FileNotFoundError:
@@ -277,6 +285,14 @@ def _copy_contents(
         )  # fmt: skip
 
 
+def _listing(directory: int) -> list[tuple[str, bool]]:
+    """(name, is a directory) of what ``directory`` holds, sorted; from the directory's
+    own listing (its entries' types), not a stat of each."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    with opened(os.open(".", flags, dir_fd=directory)) as fd, os.scandir(fd) as entries:
+        return sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
+
+
 def _child(directory: int | None, name: str) -> int | None:
     """The directory ``name`` in ``directory``, never through a symlink; None if not one."""
     if directory is None:
@@ -289,72 +305,69 @@ def _child(directory: int | None, name: str) -> int | None:
 
 def _reused(
     reuse: Reuse,
-    st: os.stat_result,
     previous: int | None,
     name: str,
     target_dir: int,
     relative: str,
     inner: str,
     mode: int | None,
-    links: bool,
 ) -> bool:
-    """Whether the file or symlink ``name`` was made by a hard link: to the copy of its
-    hard-link group made already (``links``), or to the last copy's, which must have been
-    written from the same content, mode and mtime and look so still."""
-    if links and st.st_nlink > 1 and (st.st_dev, st.st_ino) in reuse.groups:
-        first = reuse.groups[(st.st_dev, st.st_ino)]
-        os.link(first, name, src_dir_fd=reuse.top, dst_dir_fd=target_dir, follow_symlinks=False)
-        if first in reuse.written:
-            reuse.written[inner] = reuse.written[first]
-        return True
+    """Whether the file or symlink ``name`` was hard-linked from the last copy's, which
+    wrote it from the content, mode and mtime the scan has for it now."""
     entry = reuse.entries.get(relative)
-    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else ""
-    if previous is None or entry is None or entry.kind != kind or not kind:
+    if previous is None or entry is None or entry.kind not in ("file", "symlink"):
         return False
-    wanted = (kind, entry.digest, st.st_mtime_ns, _layer_mode(st, mode))
-    if reuse.manifest.get(inner) != wanted or entry.mtime_ns != st.st_mtime_ns:
-        return False
+    wanted = (entry.kind, entry.digest, entry.mtime_ns,
+              0o777 if entry.kind == "symlink" else _mode(entry.mode, mode))  # fmt: skip
+    if inner in reuse.linked or reuse.manifest.get(inner) != wanted:
+        return False  # (linked once already, by another source of the step: copied over)
     try:
-        old = os.stat(name, dir_fd=previous, follow_symlinks=False)
-    except OSError:
+        os.link(name, name, src_dir_fd=previous, dst_dir_fd=target_dir, follow_symlinks=False)
+    except OSError:  # gone from a damaged store, or the inode's link count is at its limit
         return False
-    same = (stat.S_IFMT(old.st_mode) == stat.S_IFMT(st.st_mode) and old.st_size == st.st_size
-            and old.st_mtime_ns == st.st_mtime_ns and _layer_mode(old, None) == wanted[3]
-            and (old.st_uid, old.st_gid) == reuse.owner)  # fmt: skip
-    if not same or (old.st_dev, old.st_ino) in reuse.used:
-        return False  # changed under us, or linked once already: a hard link the copy lacks
-    os.link(name, name, src_dir_fd=previous, dst_dir_fd=target_dir, follow_symlinks=False)
-    reuse.used.add((old.st_dev, old.st_ino))
     reuse.linked.add(inner)
     reuse.written[inner] = wanted
-    if links and st.st_nlink > 1:
-        reuse.groups[(st.st_dev, st.st_ino)] = inner
     return True
 
 
-def _written(
-    reuse: Reuse, st: os.stat_result, relative: str, inner: str, mode: int | None, links: bool
+def _copy_grouped(
+    reuse: Reuse, source_dir: int, name: str, target_dir: int, inner: str, mode: int | None
 ) -> None:
-    """Put a file just copied in the manifest (and its hard-link group, for ``links``)."""
+    """A file of a hard-link group, as cp keeps them: a link to the group's first copy,
+    or the first copy. Never linked from the last copy, so it is "linked" in the manifest."""
+    st = os.stat(name, dir_fd=source_dir, follow_symlinks=False)
+    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else ""
+    first = reuse.groups.get((st.st_dev, st.st_ino))
+    if first is not None:
+        os.link(first, name, src_dir_fd=reuse.top, dst_dir_fd=target_dir, follow_symlinks=False)
+    else:
+        st = _copy_entry(source_dir, name, target_dir, name, reuse.owner, mode)
+        if kind:
+            reuse.groups[(st.st_dev, st.st_ino)] = inner
+    if kind:
+        wanted = 0o777 if kind == "symlink" else _mode(st.st_mode, mode)
+        reuse.written[inner] = ("linked", "", st.st_mtime_ns, wanted)
+
+
+def _written(reuse: Reuse, st: os.stat_result, relative: str, inner: str, mode: int | None) -> None:
+    """Put a file just copied in the manifest, as the scan has it."""
     entry = reuse.entries.get(relative)
     kind = "symlink" if stat.S_ISLNK(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else ""
-    if entry is not None and entry.kind == kind:
-        reuse.written[inner] = (kind, entry.digest, st.st_mtime_ns, _layer_mode(st, mode))
-        if links and st.st_nlink > 1:
-            reuse.groups[(st.st_dev, st.st_ino)] = inner
+    if entry is not None and entry.kind == kind and entry.mtime_ns == st.st_mtime_ns:
+        wanted = 0o777 if kind == "symlink" else _mode(st.st_mode, mode)
+        reuse.written[inner] = (kind, entry.digest, st.st_mtime_ns, wanted)
 
 
-def _layer_mode(st: os.stat_result, mode: int | None) -> int:
-    """The mode a copied entry has in the layer (a symlink's is always 0777)."""
-    if stat.S_ISLNK(st.st_mode):
-        return 0o777
-    return mode if mode is not None else stat.S_IMODE(st.st_mode)
+def _mode(st_mode: int, mode: int | None) -> int:
+    """A copied file's mode in the layer: ``--chmod``'s, or the source's."""
+    return mode if mode is not None else stat.S_IMODE(st_mode)
 
 
 def _copy_entry(
     source_dir: int, name: str, target_dir: int, target: str, owner: Owner, mode: int | None
-) -> None:
-    """One file or symlink (devices, FIFOs and sockets are not copied, as from a context)."""
+) -> os.stat_result:
+    """One file or symlink (devices, FIFOs and sockets are not copied, as from a context);
+    the source's stat."""
     st = os.stat(name, dir_fd=source_dir, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):
         tree.remove(target_dir, target)
@@ -367,14 +380,13 @@ def _copy_entry(
         ):
             tree.copy_data(data, out)
     else:
-        return
+        return st
     tree.set_metadata(
         target_dir, target, owner=owner,
-        mode=None if stat.S_ISLNK(st.st_mode) else (
-            mode if mode is not None else stat.S_IMODE(st.st_mode)
-        ),
+        mode=None if stat.S_ISLNK(st.st_mode) else _mode(st.st_mode, mode),
         mtime_ns=st.st_mtime_ns,
     )  # fmt: skip
+    return st
 
 
 def write_file(image: Tree, target: str, content: bytes, owner: Owner, mode: int) -> None:

@@ -119,7 +119,7 @@ from kiln.platform import emulator_hint, runs_here
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage, merge_layers
 from kiln.store.store import LastCopy
-from kiln.tree import Tree, TreeError, opened
+from kiln.tree import Owner, Tree, TreeError, opened
 
 Output = Callable[[str], None]
 _TAIL_LINES = 10
@@ -749,14 +749,19 @@ class _Run:
             if copied.previous is not None:
                 old = stack.enter_context(Tree(self.snapshots.path(copied.previous.layer)))
             for copy in deferred:
-                manifest = copied.previous.copies.get(copy.target) if copied.previous else None
+                remembered = copied.previous.copies.get(copy.target) if copied.previous else None
+                manifest = remembered[1] if remembered and remembered[0] == copy.owner else None
                 previous_dir = None
                 if old is not None and manifest is not None and old.is_dir(copy.target):
                     previous_dir = stack.enter_context(
                         opened(old.directory(copy.target, links=False))
                     )
-                reuse = Reuse(previous_dir, manifest or {}, self.context.by_path)
-                copied.manifests[copy.target] = copy_deferred(copy, context, layer, reuse)
+                reuse = Reuse(previous_dir, manifest or {}, self.context.by_path,
+                              self.context.hard_links if copy.plain else ())  # fmt: skip
+                copied.manifests[copy.target] = (
+                    copy.owner,
+                    copy_deferred(copy, context, layer, reuse),
+                )
                 prefix = copy.target + "/" if copy.target else ""
                 copied.kept |= {prefix + inner for inner in reuse.linked}
         return copied
@@ -1636,6 +1641,6 @@ class _Copied:
     """What a step's deferred copies did: per directory, what they wrote; the paths of the
     upper dir linked from the last run's snapshot (``previous``)."""
 
-    manifests: dict[str, Manifest] = field(default_factory=dict)
+    manifests: dict[str, tuple[Owner, Manifest]] = field(default_factory=dict)
     kept: set[str] = field(default_factory=set)
     previous: LastCopy | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import marshal
 import os
 import re
 import shutil
@@ -20,7 +21,6 @@ import stat
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS cache (
 CREATE TABLE IF NOT EXISTS copies (
     step TEXT PRIMARY KEY,       -- a COPY's cache key without its files: the same step
     layer TEXT NOT NULL,         -- the diff_id of the layer its last run made
-    manifest BLOB NOT NULL       -- zlib'd JSON: per directory copied, each file's origin
+    manifest BLOB NOT NULL       -- marshalled: per directory copied, each file's origin
 );
 CREATE TABLE IF NOT EXISTS tags (
     name TEXT PRIMARY KEY,       -- full reference: docker.io/library/busybox:latest
@@ -90,11 +90,11 @@ class StoreError(KilnError):
 
 @dataclass(frozen=True)
 class LastCopy:
-    """The last run of a COPY step: its layer, what it wrote per directory copied, and
-    whether GNU tar wrote the layer."""
+    """The last run of a COPY step: its layer, what it wrote per directory copied (the
+    owner and the manifest), and whether GNU tar wrote the layer."""
 
     layer: str
-    copies: dict[str, dict[str, Any]]
+    copies: dict[str, tuple[tuple[int, int], dict[str, Any]]]
     gnu_tar: bool
 
 
@@ -260,12 +260,18 @@ class Store:
         return str(row[0]), int(row[1]), float(row[2])
 
     def remember_copy(
-        self, step: str, diff_id: str, manifests: dict[str, Any], *, gnu_tar: bool
+        self,
+        step: str,
+        diff_id: str,
+        copies: dict[str, tuple[tuple[int, int], Any]],
+        *,
+        gnu_tar: bool,
     ) -> None:
-        """What the last run of a COPY step wrote (see ``kiln.engine.copying.Reuse``), and
-        whether GNU tar wrote its layer (see ``kiln.oci.layer.splice_dir_layer``)."""
-        record = {"gnu_tar": gnu_tar, "copies": manifests}
-        data = zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 1)
+        """What the last run of a COPY step wrote, by directory copied: the owner and the
+        manifest (see ``kiln.engine.copying.Reuse``); and whether GNU tar wrote its layer
+        (see ``kiln.oci.layer.splice_dir_layer``)."""
+        record = {"gnu_tar": gnu_tar, "copies": copies}  # (marshal: 20,000 files in 10 ms)
+        data = marshal.dumps(record)
         with self._db_lock:
             self.db.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?)", (step, diff_id, data))
 
@@ -278,14 +284,14 @@ class Store:
         if row is None:
             return None
         try:
-            record = json.loads(zlib.decompress(row[1]))
+            record = marshal.loads(row[1])
             copies = {
-                target: {path: tuple(value) for path, value in files.items()}
-                for target, files in record["copies"].items()
+                target: ((int(owner[0]), int(owner[1])), dict(files))
+                for target, (owner, files) in record["copies"].items()
             }
             return LastCopy(row[0], copies, bool(record["gnu_tar"]))
-        except (zlib.error, ValueError, KeyError, TypeError, AttributeError):
-            return None  # a damaged row: the copy is made in full
+        except (EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return None  # a damaged row, or another version's: the copy is made in full
 
     def remember_layer(self, key: str, diff_id: str, size: int, created: float) -> None:
         with self._db_lock:
