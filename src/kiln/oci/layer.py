@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, BinaryIO, cast
 
 from kiln.errors import KilnError
+from kiln.oci.uncached import read_uncached
 
 # xattrs that describe the host, not the image.
 _SKIPPED_XATTRS = ("security.selinux", "system.nfs4_acl")
@@ -229,9 +230,7 @@ def splice_dir_layer(
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
             return None
     with open(previous, "rb") as old_file, tempfile.TemporaryFile() as partial:
-        old = mmap.mmap(old_file.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(
-            old_file.fileno()
-        ).st_size else None  # fmt: skip
+        old = read_uncached(old_file.fileno())
         old_index = _tar_index(old) if old is not None else {}
         if any(old_index.get(p, (0, 0, b"1"))[2] not in (b"0", b"2") for p in kept):
             return None  # missing, or a hard link entry (its first path is not kept)
@@ -246,13 +245,20 @@ def splice_dir_layer(
             if source is None or name not in index:
                 return None
             start, end, _ = index[name]
+            if source is new and old is not None and name in old_index:
+                # written again, but perhaps to the same bytes (a directory, mostly, whose
+                # files changed but not its own metadata): then one run of the old tar
+                # goes on past it
+                old_start, old_end, _ = old_index[name]
+                if old[old_start:old_end] == new[start:end]:
+                    source, start, end = old, old_start, old_end
             if pieces and pieces[-1][0] is source and pieces[-1][2] == start:
                 pieces[-1] = (source, pieces[-1][1], end)  # runs of entries: one copy each
             else:
                 pieces.append((source, start, end))
         writer = HashingWriter.over(out)
         for source, start, end in pieces:
-            view = memoryview(source)
+            view = memoryview(source).toreadonly()  # (so that it is hashed beside the write)
             for chunk in range(start, end, 8 << 20):
                 writer.write(view[chunk : min(chunk + (8 << 20), end)])
             writer.settle()  # (before the view is released)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from kiln.config import default_root
 from kiln.errors import KilnError
@@ -41,6 +41,7 @@ from kiln.oci.objects import (
     parse_manifest,
     sha256_digest,
 )
+from kiln.oci.uncached import UncachedFile
 from kiln.reference import Reference
 
 _SCHEMA = """
@@ -226,11 +227,13 @@ class Store:
         ``expected``, content of another digest is refused and nothing is stored."""
         fd, temp = tempfile.mkstemp(dir=self.tmp)
         try:
-            with os.fdopen(fd, "wb") as f:
-                hashing = HashingWriter(f)
+            try:
+                file = UncachedFile(fd)
+                hashing = HashingWriter(cast(BinaryIO, file))
                 write(hashing)
-                f.flush()
-                os.fsync(f.fileno())
+                file.close()
+            finally:
+                os.close(fd)
             digest = hashing.digest
             if expected and digest != expected:
                 raise StoreError(f"blob content does not match its digest {expected}")
