@@ -197,7 +197,7 @@ def test_an_unchanged_listing_reuses_the_last_snapshot(tmp_path: Path, cache: Di
     (root / "l").symlink_to("d/b.txt")
     age(root)
     first = scan_context(root, cache=cache)
-    assert cache.listing(str(root.resolve())) != ""
+    assert first.listing != "" and cache.unchanged(str(root.resolve()), first.listing)
 
     def no_parsing(listing: bytes) -> None:
         raise AssertionError("an unchanged listing was parsed again")
@@ -236,10 +236,49 @@ def test_every_kind_of_change_shows_in_the_next_snapshot(
     (root / "l").symlink_to("d/b.txt")
     age(root)
     matcher = PatternMatcher(patterns)
-    scan_context(root, matcher, cache)
+    sources = ["", "d", "a.txt", "l"]
+    taken_with(root, matcher, cache, sources)  # remembered with the scan
     change(root)  # type: ignore[operator]
     fresh = scan_context(root, matcher)  # no cache at all
     assert scan_context(root, matcher, cache).entries == fresh.entries
+    # What COPY steps are keyed by is never a stale remembered digest either.
+    assert taken_with(root, matcher, cache, sources) == {s: fresh.files_digest(s) for s in sources}
+
+
+def taken_with(
+    root: Path, matcher: PatternMatcher | None, cache: DigestCache, sources: list[str]
+) -> dict[str, str]:
+    """The digests of ``sources`` as a build takes them: from a snapshot of a scan still
+    open, so that closing it remembers them."""
+    with ContextScan(root, matcher) as scan:
+        snapshot = scan.snapshot(cache)
+        return {source: snapshot.files_digest(source) for source in sources}
+
+
+def test_an_unchanged_context_gives_its_copy_digests_without_its_entries(
+    tmp_path: Path, cache: DigestCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "ctx"
+    make(root, {"a.txt": "a", "d/b.txt": "b", "d/e/c.txt": "c"})
+    age(root)
+    first = taken_with(root, None, cache, ["d", "a.txt"])
+    with monkeypatch.context() as patch:
+        patch.setattr(scan_module, "_entry", lambda row: pytest.fail("entries were decoded"))
+        assert taken_with(root, None, cache, ["d", "a.txt"]) == first
+    # Each digest covers what is at or below its path, and nothing beside it.
+    fresh = scan_context(root)
+    assert first["d"] == fresh.files_digest("d") != fresh.files_digest("d/e")
+    assert [e.path for e in fresh.under("d")] == ["d", "d/b.txt", "d/e", "d/e/c.txt"]
+
+
+def test_a_damaged_cache_of_entries_is_hashed_afresh(tmp_path: Path, cache: DigestCache) -> None:
+    root = tmp_path / "ctx"
+    make(root, {"a.txt": "a", "d/b.txt": "b"})
+    age(root)
+    first = scan_context(root, cache=cache)
+    cache.db.execute("UPDATE scans SET entries = x'00ff'")
+    again = scan_context(root, cache=cache)
+    assert again.entries == first.entries
 
 
 def test_changed_patterns_do_not_reuse_the_last_snapshot(

@@ -14,6 +14,7 @@ could re-include something below them.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import marshal
@@ -24,9 +25,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, NamedTuple
@@ -52,7 +52,7 @@ _TYPE_BITS = {
 }  # fmt: skip
 _TYPE_LETTERS = {bits: letter for letter, bits in _TYPE_BITS.items()}
 _CACHE_FORMAT = "kiln-context-2"
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 FIND = "find"  # GNU findutils; where it is missing or fails, the walk is done in Python
 
 
@@ -74,19 +74,49 @@ class ContextEntry(NamedTuple):
     link_target: str = ""
 
 
-@dataclass(frozen=True)
 class ContextSnapshot:
-    """Every entry a build may read, sorted by path, and what the scan had to hash."""
+    """Every entry a build may read, sorted by path, and what the scan had to hash.
 
-    root: Path
-    entries: tuple[ContextEntry, ...]
-    hashed_files: int
-    hashed_bytes: int
-    walk: bytes = field(default=b"", repr=False, compare=False)  # find's listing of it
-    _index: dict[str, ContextEntry] = field(init=False, repr=False, compare=False)
+    ``entries`` may be given as a function that makes them: a context whose listing is the
+    last scan's is taken from the cache, and a build that finds every step cached never
+    needs its 20,000 entries, only the digests of what its COPY steps read
+    (``files_digest``), which the cache remembers beside them.
+    """
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", {e.path: e for e in self.entries})
+    def __init__(
+        self,
+        root: Path,
+        entries: Sequence[ContextEntry] | Callable[[], Iterable[ContextEntry]],
+        hashed_files: int,
+        hashed_bytes: int,
+        walk: bytes = b"",
+        *,
+        listing: str = "",
+        digests: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.hashed_files = hashed_files
+        self.hashed_bytes = hashed_bytes
+        self.walk = walk  # find's listing of it
+        # The digest of that listing ("" when a file in it may still change unseen): what
+        # the digests of subtrees are remembered under.
+        self.listing = listing
+        self._make = entries if callable(entries) else functools.partial(tuple, entries)
+        self.known_digests = dict(digests or {})
+        self.new_digests: dict[str, str] = {}  # taken by this build, for the cache to keep
+
+    @functools.cached_property
+    def entries(self) -> tuple[ContextEntry, ...]:
+        return tuple(self._make())
+
+    @functools.cached_property
+    def _index(self) -> dict[str, ContextEntry]:
+        return {e.path: e for e in self.entries}
+
+    @functools.cached_property
+    def paths(self) -> list[str]:
+        """Every entry's path, in order."""
+        return [e.path for e in self.entries]
 
     def __iter__(self) -> Iterator[ContextEntry]:
         return iter(self.entries)
@@ -100,6 +130,34 @@ class ContextSnapshot:
     @property
     def by_path(self) -> Mapping[str, ContextEntry]:
         return self._index
+
+    def under(self, source: str) -> list[ContextEntry]:
+        """The entries at or below ``source`` ("" is the whole context)."""
+        if not source:
+            return list(self.entries)
+        paths = self.paths
+        start = bisect.bisect_left(paths, source)
+        end = bisect.bisect_left(paths, source + "0")  # "0" sorts right after "/"
+        return [
+            e
+            for e in self.entries[start:end]
+            if e.path == source or e.path.startswith(source + "/")
+        ]
+
+    def files_digest(self, source: str) -> str:
+        """One digest for the names, kinds, modes and contents at or below ``source``:
+        what a COPY of it reads. Remembered with the listing, so an unchanged context
+        gives it without its entries."""
+        found = self.known_digests.get(source)
+        if found is None:
+            found = hashlib.sha256(
+                b"".join(
+                    f"{e.path}\0{e.kind}\0{e.mode}\0{e.digest}\0{e.link_target}\n".encode()
+                    for e in self.under(source)
+                )
+            ).hexdigest()
+            self.known_digests[source] = self.new_digests[source] = found
+        return found
 
     @functools.cached_property
     def hard_links(self) -> frozenset[str]:
@@ -181,7 +239,7 @@ class DigestCache:
                     self.db.execute(f'DROP TABLE "{table}"')
                 self.db.execute(
                     "CREATE TABLE scans (scan TEXT PRIMARY KEY, listing TEXT, entries BLOB,"
-                    " walk BLOB, positions BLOB)"
+                    " walk BLOB, positions BLOB, digests BLOB)"
                 )
                 self.db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             self.db.execute("COMMIT")
@@ -192,21 +250,32 @@ class DigestCache:
     def close(self) -> None:
         self.db.close()
 
-    def listing(self, scan: str) -> str:
-        """The listing digest remembered for a scan (see ``ContextScan.key``; "" if none)."""
-        row = self.db.execute("SELECT listing FROM scans WHERE scan = ?", (scan,))
-        found = row.fetchone()
-        return str(found[0]) if found else ""
+    def unchanged(self, scan: str, listing: str) -> tuple[bytes, dict[str, str]] | None:
+        """For a scan whose listing is the one remembered: its entries, still marshalled
+        (a build may never need them), and the digests of subtrees remembered with them."""
+        row = self.db.execute(
+            "SELECT entries, digests FROM scans WHERE scan = ? AND listing = ?", (scan, listing)
+        ).fetchone()
+        if row is None or not listing:
+            return None
+        try:
+            digests = marshal.loads(row[1]) if row[1] else {}
+        except (EOFError, ValueError, TypeError):
+            digests = {}
+        if not isinstance(digests, dict):
+            digests = {}
+        return bytes(row[0]), digests
 
-    def lookup(self, scan: str, *, walk: bool = True) -> Remembered | None:
-        """What is remembered for a scan (its entries only, unless ``walk``)."""
-        columns = "listing, entries, walk, positions" if walk else "listing, entries, x'', NULL"
-        row = self.db.execute(f"SELECT {columns} FROM scans WHERE scan = ?", (scan,))
+    def lookup(self, scan: str) -> Remembered | None:
+        """What is remembered for a scan."""
+        row = self.db.execute(
+            "SELECT listing, entries, walk, positions FROM scans WHERE scan = ?", (scan,)
+        )
         found = row.fetchone()
         if found is None:
             return None
         try:
-            positions = marshal.loads(found[3]) if walk else []
+            positions = marshal.loads(found[3])
             return Remembered(found[0], marshal.loads(found[1]), bytes(found[2]), positions)
         except (EOFError, ValueError, TypeError):
             return None  # written by another version: start afresh
@@ -215,13 +284,21 @@ class DigestCache:
         """Replace what is remembered for a scan."""
         entries, positions = marshal.dumps(remembered.entries), marshal.dumps(remembered.positions)
         self.db.execute(
-            "INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, NULL)",
             (scan, remembered.listing, entries, remembered.walk, positions),
         )
 
     def confirm(self, scan: str, listing: str) -> None:
         """Record that what is remembered for a scan holds for this listing too."""
         self.db.execute("UPDATE scans SET listing = ? WHERE scan = ?", (listing, scan))
+
+    def remember_digests(self, scan: str, listing: str, digests: Mapping[str, str]) -> None:
+        """Keep the digests of subtrees taken from a scan's entries, unless what is
+        remembered is no longer that scan's (another build scanned a changed context)."""
+        self.db.execute(
+            "UPDATE scans SET digests = ? WHERE scan = ? AND listing = ?",
+            (marshal.dumps(dict(digests)), scan, listing),
+        )
 
 
 class ContextScan:
@@ -241,6 +318,7 @@ class ContextScan:
         self._pruned_paths = set(self._pruned())
         self._writer: threading.Thread | None = None
         self._result: ContextSnapshot | None = None
+        self._cache_path: Path | None = None
         self._head, self._starts = self._top()
         self._walks: list[tuple[subprocess.Popen[bytes], IO[bytes]]] | None = []
         prune = self._prune_expression()
@@ -264,7 +342,8 @@ class ContextScan:
         self.close()
 
     def close(self) -> None:
-        """Stop the walks still running, and finish writing the cache."""
+        """Stop the walks still running, and finish writing the cache: the snapshot, and
+        the digests of subtrees the build asked for."""
         for process, output in self._walks or ():
             if process.poll() is None:
                 process.kill()
@@ -275,6 +354,10 @@ class ContextScan:
         if self._writer is not None:
             self._writer.join()
             self._writer = None
+        snapshot = self._result
+        if snapshot is not None and snapshot.new_digests and snapshot.listing and self._cache_path:
+            _remember_digests(self._cache_path, self.key, snapshot)
+            snapshot.new_digests.clear()
 
     def _start_find(
         self, starts: list[str], prune: list[str], output: IO[bytes]
@@ -294,15 +377,23 @@ class ContextScan:
         cache should remember of it is written in the background, until ``close``."""
         if self._result is None:
             self._result = self._snapshot(cache)
+            self._cache_path = cache.path if cache is not None else None
         return self._result
 
     def _snapshot(self, cache: DigestCache | None) -> ContextSnapshot:
         listing, data = self._listing()
-        if cache is not None and cache.listing(self.key) == listing:
-            remembered = cache.lookup(self.key, walk=False)
-            if remembered is not None:
-                entries = tuple(map(_entry, remembered.entries))
-                return ContextSnapshot(self.root, entries, 0, 0, data)
+        unchanged = cache.unchanged(self.key, listing) if cache is not None else None
+        if unchanged is not None:
+            blob, digests = unchanged
+
+            def stored() -> Iterable[ContextEntry]:
+                try:
+                    return tuple(map(_entry, marshal.loads(blob)))
+                except (EOFError, ValueError, TypeError):  # a damaged cache: hash afresh
+                    return self._snapshot(None).entries
+
+            return ContextSnapshot(self.root, stored, 0, 0, data, listing=listing,
+                                   digests=digests)  # fmt: skip
         records = _records(data)
         previous = cache.lookup(self.key) if cache is not None else None
         try:
@@ -314,13 +405,7 @@ class ContextScan:
         to_hash = [i for i, row in enumerate(rows) if row[1] == "file" and not row[7]]
         for i, digest in zip(to_hash, self._hash([rows[i] for i in to_hash]), strict=True):
             rows[i] = (*rows[i][:7], digest, rows[i][8])
-        snapshot = ContextSnapshot(
-            self.root,
-            tuple(map(_entry, rows)),
-            len(to_hash),
-            sum(rows[i][3] for i in to_hash),
-            data,
-        )
+        entries = tuple(map(_entry, rows))
         if cache is not None:
             racy_since = time.time_ns() - RACY_WINDOW_NS
             for i in to_hash:  # their stat proves nothing yet: hash them again next time
@@ -332,7 +417,9 @@ class ContextScan:
                 target=_remember, args=(cache.path, self.key, remembered, previous)
             )
             self._writer.start()
-        return snapshot
+        hashed_bytes = sum(rows[i][3] for i in to_hash)
+        return ContextSnapshot(self.root, entries, len(to_hash), hashed_bytes, data,
+                               listing=listing if cache is not None else "")  # fmt: skip
 
     def _restat(
         self, previous: Remembered, before: list[Record], records: list[Record]
@@ -535,6 +622,18 @@ def _remember(path: Path, scan: str, remembered: Remembered, previous: Remembere
                 cache.remember(scan, remembered)
             elif remembered.listing:
                 cache.confirm(scan, remembered.listing)
+        finally:
+            cache.close()
+    except (sqlite3.Error, OSError):
+        pass
+
+
+def _remember_digests(path: Path, scan: str, snapshot: ContextSnapshot) -> None:
+    """Write the digests of subtrees a build took (see ``_remember``: only saves work)."""
+    try:
+        cache = DigestCache(path)
+        try:
+            cache.remember_digests(scan, snapshot.listing, snapshot.known_digests)
         finally:
             cache.close()
     except (sqlite3.Error, OSError):

@@ -8,11 +8,10 @@ whiteouts turned into OCI ones) and, renamed, the snapshot of that layer.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime
 import fcntl
-import hashlib
+import functools
 import os
 import posixpath
 import shutil
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from kiln.context import (
-    ContextEntry,
     ContextScan,
     DigestCache,
     IgnoreRules,
@@ -388,11 +386,6 @@ class _Run:
             self.context = scan.snapshot(cache)
         finally:
             cache.close()
-        self.context_paths = [entry.path for entry in self.context]
-        # Without .dockerignore rules every path is visible: no need to check each one.
-        self.visible: set[str] | None = (
-            set(self.context_paths) if ignore is not None and ignore.matcher.patterns else None
-        )
         self.builder = builder
         self.store = builder.store
         self.snapshots = builder.snapshots
@@ -424,6 +417,13 @@ class _Run:
         self.commits: dict[GitSource, str] = {}
         self.imported: dict[str, tuple[str, int, float]] = {}  # --cache-from's, this build's
         self.network = PrivateNetwork(self.work, builder.output)  # made when first needed
+
+    @functools.cached_property
+    def visible(self) -> set[str] | None:
+        """The context paths .dockerignore lets through; None without rules, when every
+        path is (and the entries of an unchanged context need not be read)."""
+        ignore = self.ignore
+        return set(self.context.paths) if ignore is not None and ignore.matcher.patterns else None
 
     def build_time(self) -> float:
         """When this image was built: SOURCE_DATE_EPOCH if set; else now, or, if every step
@@ -812,10 +812,7 @@ class _Run:
             )  # fmt: skip
             return f"{mount!r} {origin}"
         source = os.path.normpath("/" + mount.source).lstrip("/")
-        files = hashlib.sha256()
-        for e in self.context_under(source):
-            files.update(f"{e.path}\0{e.kind}\0{e.mode}\0{e.digest}\0{e.link_target}\n".encode())
-        return f"{mount!r} {files.hexdigest()}"
+        return f"{mount!r} {self.context.files_digest(source)}"
 
     def copy_key(self, step: Step) -> dict[str, object]:
         """What a COPY or ADD reads: its files' digests (not mtimes), or the source stage."""
@@ -841,13 +838,13 @@ class _Run:
             parts["remote"] = self.remote_key(instruction)
         with Tree(self.request.context) as context:
             selected = self.select(instruction, context, self.visible)
-        files = hashlib.sha256()  # thousands of entries: hashed here, not spelled out in JSON
-        for _, source in selected:
-            for e in self.context_under(source):
-                files.update(
-                    f"{e.path}\0{e.kind}\0{e.mode}\0{e.digest}\0{e.link_target}\n".encode()
-                )
-        parts["files"] = files.hexdigest()
+        # Thousands of entries: digested by the snapshot (which remembers it), not spelled
+        # out in JSON.
+        parts["files"] = sha256_digest(
+            "".join(
+                f"{source}\0{self.context.files_digest(source)}\n" for _, source in selected
+            ).encode()
+        )
         return parts
 
     def remote_key(self, instruction: Add) -> list[object]:
@@ -924,18 +921,6 @@ class _Run:
         os.utime(staging / name, (download.mtime, download.mtime))
         with Tree(staging) as fetched:
             copy_into(fetched, name, image, dest, owner, mode, None)
-
-    def context_under(self, source: str) -> list[ContextEntry]:
-        """The context entries at or below ``source`` ("" is the whole context)."""
-        entries = self.context.entries
-        if not source:
-            return list(entries)
-        paths = self.context_paths
-        start = bisect.bisect_left(paths, source)
-        end = bisect.bisect_left(paths, source + "0")  # "0" sorts right after "/"
-        return [
-            e for e in entries[start:end] if e.path == source or e.path.startswith(source + "/")
-        ]
 
     def run_step(self, state: _State, step: Step, rootfs: Path) -> None:
         instruction = step.instruction
@@ -1134,7 +1119,7 @@ class _Run:
         view.mkdir()
         context = self.request.context.absolute()
         shutil.copystat(context, view)
-        for entry in self.context_under(relative):
+        for entry in self.context.under(relative):
             origin, target = context / entry.path, view / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
             if entry.kind == "dir":
