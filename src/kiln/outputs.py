@@ -92,7 +92,7 @@ def _layout_dir(store: Store, name: str, dest: Path) -> None:
 def _rootfs(store: Store, image: StoredImage, dest: Path) -> None:
     """The image's files, layers applied, copied out with owners, modes and links."""
     snapshots = Snapshots(store)
-    lowers = [snapshots.get(layer.digest) for layer in image.layers]
+    lowers = snapshots.lowers([layer.digest for layer in image.layers])
     dest.mkdir(parents=True, exist_ok=True)
     with workspace(store.root, "export") as scratch:
         root = scratch.path

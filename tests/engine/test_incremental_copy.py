@@ -50,7 +50,7 @@ SECOND: Tree = {
 # same-size.txt keeps its size and mtime but not its content: only its digest tells;
 # pair-b is still pair-a's content and mtime, but its own inode now
 KEEP_MTIME = {"src/same-size.txt", "src/pair-b"}
-CHMOD_LATER = {"src/mode.sh": 0o755}
+CHMOD_LATER = {"src/mode.sh": 0o755, "src/pkg/": 0o700}  # (a directory: only its mode)
 
 
 def write_context(root: Path, files: Tree, dockerfile: str, ignore: str, *, second: bool) -> None:
@@ -111,8 +111,14 @@ def test_an_incremental_copy_makes_the_layer_a_full_copy_makes(
     invoke(*build, str(ctx))
     incremental = layers("inc:1")[-1]
     snapshots = tmp_path / "incremental" / "snapshots"
-    kept = (snapshots / before[7:] / "app/src/pkg/deep.py").stat()
-    assert (snapshots / incremental[7:] / "app/src/pkg/deep.py").stat().st_ino == kept.st_ino
+    if variant == "exclude":  # made whole, linking what it keeps from the last copy
+        kept = (snapshots / before[7:] / "app/src/pkg/deep.py").stat()
+        assert (snapshots / incremental[7:] / "app/src/pkg/deep.py").stat().st_ino == kept.st_ino
+    else:  # made as a delta: only the changes, over the last copy's snapshot
+        delta = snapshots / f"{incremental[7:]}.delta"
+        assert (delta / "base").read_text() == before
+        assert (delta / "tree/app/src/edit.py").read_text() == "new content\n"
+        assert not (delta / "tree" / "app/src/pkg/deep.py").exists()
 
     monkeypatch.setenv("KILN_ROOT", str(tmp_path / "full"))
     invoke("import", str(busybox_rootfs), "busybox:base")
@@ -169,3 +175,43 @@ def test_a_spliced_layer_is_the_tar_gnu_tar_writes(tmp_path: Path) -> None:
     with open(tmp_path / "written.tar", "wb") as out:
         write_dir_layer(new, out)
     assert (tmp_path / "spliced.tar").read_bytes() == (tmp_path / "written.tar").read_bytes()
+
+
+def test_a_delta_mounts_as_the_layer_and_goes_with_its_base(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    """A later step sees exactly the copy's files through a delta: changed, added, deleted
+    and re-typed ones; another change makes another delta on the same base; and when the
+    base goes (``kiln prune``), its deltas go too, the layers unpacked whole when next used."""
+    ctx = tmp_path / "ctx"
+    dockerfile = (
+        "FROM busybox:base\nCOPY src/ /app/src/\n"
+        "RUN cd /app/src && find . > /listing && cat edit.py > /seen"
+        " && if [ -d to-dir ]; then cat to-dir/inside.py >> /seen; fi\n"
+    )
+    write_context(ctx, FIRST, dockerfile, "", second=False)
+    invoke("build", "-q", "-t", "d:1", str(ctx))
+    base = layers("d:1")[1]
+    write_context(ctx, SECOND, dockerfile, "", second=True)
+    invoke("build", "-q", "-t", "d:2", str(ctx))
+    (ctx / "src" / "edit.py").write_text("third\n")
+    invoke("build", "-q", "-t", "d:3", str(ctx))
+    snapshots = kiln_root / "snapshots"
+    second = {"."}  # what find lists of SECOND's src/: every path, and the directories above
+    for name in SECOND:
+        parts = name.removeprefix("src/").rstrip("/").split("/")
+        second |= {"./" + "/".join(parts[:depth]) for depth in range(1, len(parts) + 1)}
+    for tag, seen in (("d:2", "new content\ninside\n"), ("d:3", "third\ninside\n")):
+        copied, ran = layers(tag)[1:3]
+        assert (snapshots / f"{copied[7:]}.delta" / "base").read_text() == base
+        assert set((snapshots / ran[7:] / "listing").read_text().split()) == second
+        assert (snapshots / ran[7:] / "seen").read_text() == seen
+
+    invoke("rmi", "d:1")
+    invoke("prune")  # d:1's layer, the deltas' base, is unpacked no more: nor are they
+    assert not list(snapshots.glob("*.delta"))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "Dockerfile").write_text("FROM d:3\nRUN cat /app/src/edit.py /app/src/keep.py > /p\n")
+    invoke("build", "-q", "-t", "probe:1", str(probe))
+    assert (snapshots / layers("probe:1")[-1][7:] / "p").read_text() == "third\nunchanged\n"

@@ -30,7 +30,7 @@ def run_image(
         raise KilnError(f"{name}: no command given and the image has no CMD or ENTRYPOINT")
     reclaim(store.root)
     snapshots = Snapshots(store)
-    lowers = [snapshots.get(layer.digest) for layer in image.layers]
+    lowers = snapshots.lowers([layer.digest for layer in image.layers])
     with workspace(store.root, "run") as scratch:
         upper, work, merged = (scratch.path / name for name in ("upper", "work", "merged"))
         for path in (upper, work, merged):

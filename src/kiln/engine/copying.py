@@ -74,7 +74,11 @@ class Reuse:
     written: Manifest = field(default_factory=dict)
     # cp --preserve=links: a source inode copied already, by where it went (plain copies)
     groups: dict[tuple[int, int], str] = field(default_factory=dict)
-    linked: set[str] = field(default_factory=set)  # paths linked from ``previous``
+    # paths taken as they are from ``previous``: linked, or in a delta left to it
+    linked: set[str] = field(default_factory=set)
+    # Whether the copy may be made as a delta: only its changes, in an upper dir that is
+    # mounted over the last copy's snapshot (whole, and holding nothing but the copy).
+    delta: bool = False
 
 
 def makedirs(image: Tree, path: str, owner: Owner) -> int:
@@ -195,7 +199,8 @@ def cp_contents(source_dir: int, target_dir: int) -> None:
 def copy_deferred(copy: DeferredCopy, context: Tree, layer: Tree, reuse: Reuse) -> Manifest:
     """Do ``copy`` in ``layer``, an unmounted upper dir; what it wrote, for the next copy of
     the same step to reuse. A plain first copy is coreutils' (fastest when every file is
-    new); the others are kiln's, linking what ``reuse`` allows."""
+    new); the others are kiln's, linking what ``reuse`` allows, or, where it allows a
+    delta, writing only what changed (``reuse.delta`` says whether it did)."""
     _copy_up(layer, copy.existing)
     with (
         opened(context.directory(copy.source)) as source_dir,
@@ -207,20 +212,108 @@ def copy_deferred(copy: DeferredCopy, context: Tree, layer: Tree, reuse: Reuse) 
             cp_contents(source_dir, target_dir)  # (cp copies FIFOs and devices too)
             return {
                 e.path[len(prefix):]: (
-                    "linked" if e.path in reuse.hard_links else e.kind, e.digest, e.mtime_ns,
-                    0o777 if e.kind == "symlink" else e.mode & 0o7777,
+                    "linked" if e.path in reuse.hard_links and e.kind != "dir" else e.kind,
+                    e.digest, e.mtime_ns, 0o777 if e.kind == "symlink" else e.mode & 0o7777,
                 )
-                for e in below if e.kind in ("file", "symlink")
+                for e in below if e.kind in ("file", "symlink", "dir")
             }  # fmt: skip
         reuse.owner, reuse.top = copy.owner, target_dir
-        _copy_contents(source_dir, copy.source, target_dir, copy.owner, copy.mode,
-                       copy.visible, copy.exclude, "", reuse, copy.plain,
-                       reuse.previous)  # fmt: skip
+        reuse.delta = reuse.delta and _copy_delta(copy, source_dir, target_dir, reuse)
+        if not reuse.delta:
+            _copy_contents(source_dir, copy.source, target_dir, copy.owner, copy.mode,
+                           copy.visible, copy.exclude, "", reuse, copy.plain,
+                           reuse.previous)  # fmt: skip
         if copy.plain:  # as cp: the directory itself takes the source's mode and mtime
             st = os.stat(source_dir)
             os.chmod(proc_path(target_dir), stat.S_IMODE(st.st_mode))
             os.utime(proc_path(target_dir), ns=(st.st_atime_ns, st.st_mtime_ns))
         return reuse.written
+
+
+def _copy_delta(copy: DeferredCopy, source_dir: int, target_dir: int, reuse: Reuse) -> bool:
+    """``copy`` as the changes from the last copy (see ``Reuse.delta``): changed and new
+    entries, whiteouts for deleted ones, and the directories they are in or whose own
+    metadata changed. False, with nothing written, where the changes are too many for a
+    delta to pay: then the copy is made whole."""
+    prefix = copy.source + "/" if copy.source else ""
+    wanted: Manifest = {}
+    for e in reuse.entries.values():
+        if not e.path.startswith(prefix) or e.kind not in ("file", "symlink", "dir"):
+            continue  # (devices, FIFOs and sockets are not copied)
+        kind = "linked" if e.path in reuse.hard_links and e.kind != "dir" else e.kind
+        mode = 0o777 if kind == "symlink" else _mode(e.mode, copy.mode)
+        wanted[e.path[len(prefix) :]] = (kind, e.digest, e.mtime_ns, mode)
+    changed = [p for p, w in wanted.items() if w[0] == "linked" or reuse.manifest.get(p) != w]
+    whiteouts: list[str] = []
+    for path in sorted(p for p in reuse.manifest if p not in wanted):
+        parent = path.rpartition("/")[0]
+        if parent and (wanted.get(parent, ("",))[0] != "dir" or _under(parent, whiteouts)):
+            continue  # hidden already: by what replaced its directory, or its whiteout
+        whiteouts.append(path)
+    directories = {p for p in changed if wanted[p][0] == "dir"}
+    for path in (*changed, *whiteouts):
+        parent = path.rpartition("/")[0]
+        while parent and parent not in directories:
+            directories.add(parent)
+            parent = parent.rpartition("/")[0]
+    files = [p for p in changed if wanted[p][0] != "dir"]
+    if len(files) + len(whiteouts) + len(directories) > max(256, len(wanted) // 16):
+        return False
+    for path in sorted(directories):
+        parent, _, name = path.rpartition("/")
+        with opened(_below(target_dir, parent)) as parent_fd:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+    try:
+        for path in whiteouts:  # overlayfs's: a 0/0 character device
+            parent, _, name = path.rpartition("/")
+            with opened(_below(target_dir, parent)) as parent_fd:
+                os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent_fd)
+    except PermissionError:  # no device nodes here (a user namespace): made whole, then
+        tree.clear(target_dir)
+        return False
+    for path in files:
+        parent, _, name = path.rpartition("/")
+        with (
+            opened(_below(source_dir, parent)) as from_dir,
+            opened(_below(target_dir, parent)) as to_dir,
+        ):
+            if wanted[path][0] == "linked":
+                _copy_grouped(reuse, from_dir, name, to_dir, path, copy.mode)
+            else:
+                st = _copy_entry(from_dir, name, to_dir, name, copy.owner, copy.mode)
+                _written(reuse, st, prefix + path, path, copy.mode)
+    for path in sorted(directories, reverse=True):  # deepest first: making one changes those above
+        parent, _, name = path.rpartition("/")
+        with opened(_below(source_dir, path)) as from_fd, opened(_below(target_dir, parent)) as to:
+            st = os.stat(from_fd)
+            dir_mode = _mode(st.st_mode, copy.mode)
+            tree.set_metadata(to, name, owner=copy.owner, mode=dir_mode, mtime_ns=st.st_mtime_ns)
+            reuse.written[path] = ("dir", "", st.st_mtime_ns, dir_mode)
+    changed_set = set(changed)
+    for path, entry in wanted.items():
+        if path not in changed_set:
+            reuse.written[path] = entry
+            if entry[0] != "dir":
+                reuse.linked.add(path)
+    return True
+
+
+def _under(path: str, directories: list[str]) -> bool:
+    """Whether ``path`` is at or below one of ``directories``."""
+    return any(path == d or path.startswith(d + "/") for d in directories)
+
+
+def _below(directory: int, path: str) -> int:
+    """The directory ``path`` (relative, "" for itself) below ``directory``, opened one name
+    at a time without following a symlink."""
+    fd = os.open(".", _DIR, dir_fd=directory)
+    for name in path.split("/") if path else ():
+        try:
+            child = os.open(name, _DIR, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def _copy_contents(
@@ -279,10 +372,10 @@ def _copy_contents(
         finally:
             if child_previous is not None:
                 os.close(child_previous)
-        tree.set_metadata(
-            target_dir, name, owner=owner,
-            mode=mode if mode is not None else stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns,
-        )  # fmt: skip
+        dir_mode = mode if mode is not None else stat.S_IMODE(st.st_mode)
+        tree.set_metadata(target_dir, name, owner=owner, mode=dir_mode, mtime_ns=st.st_mtime_ns)
+        if reuse is not None:
+            reuse.written[child_inner] = ("dir", "", st.st_mtime_ns, dir_mode)
 
 
 def _listing(directory: int) -> list[tuple[str, bool]]:

@@ -694,7 +694,7 @@ class _Run:
             work = Path(tempfile.mkdtemp(prefix="ovl-", dir=self.work))
             merged = self.work / f"merged-{uuid.uuid4().hex[:8]}"
             merged.mkdir()
-            lowers = [self.snapshots.get(layer.digest) for layer in state.layers]
+            lowers = self.snapshots.lowers([layer.digest for layer in state.layers])
             kind = self.builder.kind
             # Directory copies into directories the step creates need no overlay: they are
             # made in the upper dir once it is unmounted, at twice the speed (see copy_into).
@@ -710,21 +710,30 @@ class _Run:
             if not any(upper.iterdir()):
                 return "", 0
             unchanged = _same_as_lower(lowers)
-            gnu_tar = written_by_gnu_tar(upper, overlay=True, unchanged=unchanged)
+            with ExitStack() as stack:
+                # A delta is the layer once mounted over the last copy's snapshot.
+                root = upper if not copied.delta else stack.enter_context(
+                    self.delta_view(copied.delta, upper)
+                )  # fmt: skip
+                gnu_tar = written_by_gnu_tar(root, overlay=True, unchanged=unchanged)
 
-            def write(hashing: HashingWriter) -> None:
-                out = cast(BinaryIO, hashing)  # the writers take a file; this one hashes
-                # Most of an incremental copy's layer is the last one's: its entries are
-                # taken from there as they are, when GNU tar wrote both.
-                if copied.kept and copied.previous and copied.previous.gnu_tar and gnu_tar:
-                    old = self.store.blob_path(copied.previous.layer)
-                    if old.exists() and splice_dir_layer(
-                        upper, out, old, copied.kept, clamp=self.epoch
-                    ):
-                        return
-                write_dir_layer(upper, out, overlay=True, unchanged=unchanged, clamp=self.epoch)
+                def write(hashing: HashingWriter) -> None:
+                    out = cast(BinaryIO, hashing)  # the writers take a file; this one hashes
+                    # Most of an incremental copy's layer is the last one's: its entries are
+                    # taken from there as they are, when GNU tar wrote both.
+                    if copied.kept and copied.previous and copied.previous.gnu_tar and gnu_tar:
+                        old = self.store.blob_path(copied.previous.layer)
+                        if old.exists() and splice_dir_layer(
+                            root, out, old, copied.kept, clamp=self.epoch
+                        ):
+                            return
+                    write_dir_layer(root, out, overlay=True, unchanged=unchanged,
+                                    clamp=self.epoch)  # fmt: skip
 
-            digest, size = self.store.put_blob_stream(write)
+                digest, size = self.store.put_blob_stream(write)
+            if copied.delta:  # (the step's record stays the whole copy's, deltas' base)
+                self.snapshots.adopt_delta(upper, digest, copied.delta)
+                return digest, size
             self.snapshots.adopt(upper, digest)
             copy_step = getattr(self.current, "copy_step", None)
             if copied.manifests and copy_step:
@@ -733,6 +742,21 @@ class _Run:
         finally:
             if upper.exists():
                 shutil.rmtree(upper, ignore_errors=True)
+
+    @contextmanager
+    def delta_view(self, base: str, delta: Path) -> Iterator[Path]:
+        """A step's upper dir made as a delta, mounted over its base: the layer it stands
+        for, for the block, to be written out as a tar."""
+        view = Path(tempfile.mkdtemp(prefix="delta-", dir=self.work))
+        (view / "upper").mkdir()
+        (view / "work").mkdir()
+        (view / "merged").mkdir()
+        try:
+            with mounted([self.snapshots.path(base), delta], view / "upper", view / "work",
+                         view / "merged"):  # fmt: skip
+                yield view / "merged"
+        finally:
+            shutil.rmtree(view, ignore_errors=True)
 
     def copy_deferred(self, deferred: Deferred, upper: Path) -> _Copied:
         """The deferred directory copies of a step, written into its upper dir; each
@@ -758,10 +782,20 @@ class _Run:
                     )
                 reuse = Reuse(previous_dir, manifest or {}, self.context.by_path,
                               self.context.hard_links if copy.plain else ())  # fmt: skip
+                # A step that is this one copy, as last time: only its changes are written,
+                # to be mounted over the last snapshot.
+                reuse.delta = bool(
+                    previous_dir is not None and copied.previous and copied.previous.dirs
+                    and copied.previous.gnu_tar and len(deferred) == 1 and copy.exclude is None
+                    and _holds_only(upper, copy.target, inside=False)
+                    and _holds_only(self.snapshots.path(copied.previous.layer), copy.target)
+                )  # fmt: skip
                 copied.manifests[copy.target] = (
                     copy.owner,
                     copy_deferred(copy, context, layer, reuse),
                 )
+                if reuse.delta and copied.previous:
+                    copied.delta = copied.previous.layer
                 prefix = copy.target + "/" if copy.target else ""
                 copied.kept |= {prefix + inner for inner in reuse.linked}
         return copied
@@ -1268,9 +1302,10 @@ class _Run:
         view = self.work / f"accounts-{uuid.uuid4().hex[:8]}"
         (view / "etc").mkdir(parents=True)
         state = self.current.state
+        lowers = self.snapshots.lowers([layer.digest for layer in state.layers])
         for name in ("passwd", "group"):
-            for layer in reversed(state.layers):
-                with Tree(self.snapshots.get(layer.digest)) as snapshot:
+            for lower in reversed(lowers):
+                with Tree(lower) as snapshot:
                     found = snapshot.read(f"etc/{name}", links=False)
                 if found is not None:
                     (view / "etc" / name).write_bytes(found)
@@ -1291,7 +1326,7 @@ class _Run:
             layers = self.image(instruction, name).layers
         target = self.work / f"from-{uuid.uuid4().hex[:8]}"
         target.mkdir()
-        lowers = [self.snapshots.get(layer.digest) for layer in layers]
+        lowers = self.snapshots.lowers([layer.digest for layer in layers])
         upper = self.work / f"from-upper-{uuid.uuid4().hex[:8]}"
         work = self.work / f"from-work-{uuid.uuid4().hex[:8]}"
         upper.mkdir()
@@ -1584,6 +1619,23 @@ def _below_pivot(relative: str, patterns: tuple[str, ...]) -> str:
     return relative
 
 
+def _holds_only(root: Path, path: str, *, inside: bool = True) -> bool:
+    """Whether ``root`` holds nothing but the directories on the way to ``path`` (some of
+    them, if not yet made) and, unless ``inside``, nothing in ``path`` either."""
+    directory = root
+    parts = path.split("/") if path else []
+    for depth in range(len(parts) + 1):
+        if not directory.is_dir() or directory.is_symlink():
+            return not directory.exists()
+        names = os.listdir(directory)
+        if depth == len(parts):
+            return inside or not names
+        if any(name != parts[depth] for name in names):
+            return False
+        directory = directory / parts[depth]
+    return True
+
+
 def _real_dir(tree: Tree, relative: str) -> bool:
     """Whether ``relative`` is a directory itself (not a symlink to one)."""
     entry = tree.entry(relative)
@@ -1629,3 +1681,4 @@ class _Copied:
     manifests: dict[str, tuple[Owner, Manifest]] = field(default_factory=dict)
     kept: set[str] = field(default_factory=set)
     previous: LastCopy | None = None
+    delta: str = ""  # the layer the upper dir is the changes from, if made as a delta

@@ -19,7 +19,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
@@ -75,8 +75,38 @@ class Snapshots:
     def path(self, diff_id: str) -> Path:
         return self.root / parse_digest(diff_id, "layer").removeprefix("sha256:")
 
+    def delta_path(self, diff_id: str) -> Path:
+        """Where a layer kept as the changes from another one is (see ``adopt_delta``)."""
+        return self.path(diff_id).with_name(self.path(diff_id).name + DELTA)
+
+    def has(self, diff_id: str) -> bool:
+        """Whether the layer is here, whole or as a delta."""
+        return self.path(diff_id).is_dir() or self._delta(diff_id) is not None
+
+    def lowers(self, diff_ids: Sequence[str]) -> list[Path]:
+        """The directories that mount as these layers (bottom first): one per layer, or a
+        delta's base and then its changes; unpacked the first time they are asked for."""
+        found: list[Path] = []
+        for diff_id in diff_ids:
+            delta = None if self.path(diff_id).is_dir() else self._delta(diff_id)
+            found += [self.path(delta[0]), delta[1]] if delta else [self.get(diff_id)]
+        return found
+
+    def _delta(self, diff_id: str) -> tuple[str, Path] | None:
+        """(base, changes) of a layer kept as a delta whose base is here whole."""
+        path = self.delta_path(diff_id)
+        base = _read(path / "base")
+        if not base or not (path / "tree").is_dir():
+            return None
+        try:
+            whole = self.path(base).is_dir()
+        except KilnError:
+            return None
+        return (base, path / "tree") if whole else None
+
     def get(self, diff_id: str) -> Path:
-        """The directory of a stored layer, unpacking it the first time it is asked for."""
+        """The directory of a stored layer, whole, unpacking it the first time it is asked
+        for (a layer kept as a delta is unpacked whole beside it)."""
         target = self.path(diff_id)
         if target.is_dir():
             return target
@@ -105,8 +135,29 @@ class Snapshots:
                 raise
         return target
 
+    def adopt_delta(self, directory: Path, diff_id: str, base: str) -> None:
+        """Make ``directory`` the snapshot of ``diff_id`` as the changes from ``base``, a
+        layer whose snapshot is here whole: files left as they were are only in ``base``,
+        deleted ones are whiteouts. Mounted as ``base`` then ``directory``, the two are the
+        layer; this takes a file creation per changed file, where a whole snapshot takes one
+        per file. A base is never taken away while a delta on it is kept (see
+        ``Store.prune``)."""
+        if self.has(diff_id):
+            return
+        with workspace(self.store.root, "delta") as scratch:
+            staging = scratch.path / "delta"
+            staging.mkdir()
+            (staging / "base").write_text(base)
+            directory.rename(staging / "tree")
+            try:
+                staging.rename(self.delta_path(diff_id))
+            except OSError:
+                if not self.has(diff_id):  # not a concurrent build of the same layer
+                    raise
+
 
 _BOOT = ".boot-id"
+DELTA = ".delta"  # a snapshot kept as the changes from another: DIFF_ID.delta/{base,tree}
 
 
 def _boot_id() -> str:

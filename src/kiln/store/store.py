@@ -97,6 +97,7 @@ class LastCopy:
     layer: str
     copies: dict[str, tuple[tuple[int, int], dict[str, Any]]]
     gnu_tar: bool
+    dirs: bool = False  # whether the manifests list directories (what a delta needs)
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,8 @@ class Store:
         """What the last run of a COPY step wrote, by directory copied: the owner and the
         manifest (see ``kiln.engine.copying.Reuse``); and whether GNU tar wrote its layer
         (see ``kiln.oci.layer.splice_dir_layer``)."""
-        record = {"gnu_tar": gnu_tar, "copies": copies}  # (marshal: 20,000 files in 10 ms)
+        # (marshal: 20,000 files in 10 ms); "dirs": the manifests list directories too
+        record = {"gnu_tar": gnu_tar, "copies": copies, "dirs": True}
         data = marshal.dumps(record)
         with self._db_lock:
             self.db.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?)", (step, diff_id, data))
@@ -292,7 +294,7 @@ class Store:
                 target: ((int(owner[0]), int(owner[1])), dict(files))
                 for target, (owner, files) in record["copies"].items()
             }
-            return LastCopy(row[0], copies, bool(record["gnu_tar"]))
+            return LastCopy(row[0], copies, bool(record["gnu_tar"]), bool(record.get("dirs")))
         except (EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError):
             return None  # a damaged row, or another version's: the copy is made in full
 
@@ -544,6 +546,17 @@ class Store:
             for path in snapshots.iterdir():
                 unpacked_layer = len(path.name) == 64 and "-" not in path.name
                 if unpacked_layer and "sha256:" + path.name not in keep:
+                    freed += _tree_size(path)
+                    shutil.rmtree(path, ignore_errors=True)
+            # A layer kept as the changes from another (DIFF_ID.delta/{base,tree}, see
+            # kiln.engine.snapshots) goes with its own layer, and with its base.
+            for path in snapshots.glob("*.delta"):
+                try:
+                    base = (path / "base").read_text().removeprefix("sha256:")
+                except OSError:
+                    base = ""
+                layer = "sha256:" + path.name.removesuffix(".delta")
+                if layer not in keep or not base or not (snapshots / base).is_dir():
                     freed += _tree_size(path)
                     shutil.rmtree(path, ignore_errors=True)
         return freed
