@@ -36,6 +36,7 @@ FIRST: Tree = {
     "src/debug.log": "excluded\n", "src/stable-link": "-> pkg/deep.py",
     LONG_NAME: "a long path: a PAX header\n", "src/ünïcode.py": "pax too\n",
     "src/pair-a": "one inode\n", "src/pair-b": "=> src/pair-a",
+    "src/pkg-beside.py": "after pkg/ and all in it, in a tar's order\n",
 }  # fmt: skip
 SECOND: Tree = {
     "src/keep.py": "unchanged\n", "src/edit.py": "new content\n", "src/added.py": "added\n",
@@ -46,6 +47,8 @@ SECOND: Tree = {
     LONG_NAME: "a long path: a PAX header\n", "src/ünïcode.py": "pax too\n",
     "src/pair-a": "one inode\n", "src/pair-b": "one inode\n",
     "src/twin-a": "linked now\n", "src/twin-b": "=> src/twin-a",
+    "src/pkg-beside.py": "after pkg/ and all in it, in a tar's order\n",
+    "src/pkg/new.py": "new, before pkg-beside.py\n",
 }  # fmt: skip
 # same-size.txt keeps its size and mtime but not its content: only its digest tells;
 # pair-b is still pair-a's content and mtime, but its own inode now
@@ -168,7 +171,7 @@ def test_a_spliced_layer_is_the_tar_gnu_tar_writes(tmp_path: Path) -> None:
             (new / name).unlink()
             os.link(old / name, new / name, follow_symlinks=False)
             kept.add(name)
-    assert len(kept) == 8
+    assert len(kept) == 9
     (new / "src" / "extra.bin").write_bytes(bytes(5000))  # the archive ends past a record
     with open(tmp_path / "spliced.tar", "wb") as out:
         assert splice_dir_layer(new, out, tmp_path / "old.tar", kept) is not None

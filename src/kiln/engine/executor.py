@@ -98,9 +98,11 @@ from kiln.epoch import rfc3339, source_date_epoch
 from kiln.errors import DockerfileError, KilnError
 from kiln.oci.layer import (
     HashingWriter,
+    Unchanged,
     is_opaque,
     is_whiteout,
     open_decompressed,
+    splice_delta_layer,
     splice_dir_layer,
     write_dir_layer,
     written_by_gnu_tar,
@@ -710,30 +712,27 @@ class _Run:
             if not any(upper.iterdir()):
                 return "", 0
             unchanged = _same_as_lower(lowers)
-            with ExitStack() as stack:
-                # A delta is the layer once mounted over the last copy's snapshot.
-                root = upper if not copied.delta else stack.enter_context(
-                    self.delta_view(copied.delta, upper)
-                )  # fmt: skip
-                gnu_tar = written_by_gnu_tar(root, overlay=True, unchanged=unchanged)
-
-                def write(hashing: HashingWriter) -> None:
-                    out = cast(BinaryIO, hashing)  # the writers take a file; this one hashes
-                    # Most of an incremental copy's layer is the last one's: its entries are
-                    # taken from there as they are, when GNU tar wrote both.
-                    if copied.kept and copied.previous and copied.previous.gnu_tar and gnu_tar:
-                        old = self.store.blob_path(copied.previous.layer)
-                        if old.exists() and splice_dir_layer(
-                            root, out, old, copied.kept, clamp=self.epoch
-                        ):
-                            return
-                    write_dir_layer(root, out, overlay=True, unchanged=unchanged,
-                                    clamp=self.epoch)  # fmt: skip
-
-                digest, size = self.store.put_blob_stream(write)
             if copied.delta:  # (the step's record stays the whole copy's, deltas' base)
+                digest, size = self.store.put_blob_stream(
+                    lambda hashing: self.write_delta(copied, upper, hashing, unchanged)
+                )
                 self.snapshots.adopt_delta(upper, digest, copied.delta)
                 return digest, size
+            gnu_tar = written_by_gnu_tar(upper, overlay=True, unchanged=unchanged)
+
+            def write(hashing: HashingWriter) -> None:
+                out = cast(BinaryIO, hashing)  # the writers take a file; this one hashes
+                # Most of an incremental copy's layer is the last one's: its entries are
+                # taken from there as they are, when GNU tar wrote both.
+                if copied.kept and copied.previous and copied.previous.gnu_tar and gnu_tar:
+                    old = self.store.blob_path(copied.previous.layer)
+                    if old.exists() and splice_dir_layer(
+                        upper, out, old, copied.kept, clamp=self.epoch
+                    ):
+                        return
+                write_dir_layer(upper, out, overlay=True, unchanged=unchanged, clamp=self.epoch)
+
+            digest, size = self.store.put_blob_stream(write)
             self.snapshots.adopt(upper, digest)
             copy_step = getattr(self.current, "copy_step", None)
             if copied.manifests and copy_step:
@@ -742,6 +741,18 @@ class _Run:
         finally:
             if upper.exists():
                 shutil.rmtree(upper, ignore_errors=True)
+
+    def write_delta(
+        self, copied: _Copied, delta: Path, hashing: HashingWriter, unchanged: Unchanged
+    ) -> None:
+        """The layer tar of a copy made as a delta: spliced from its base's, or written
+        from the two mounted as one where the splice cannot be made."""
+        out = cast(BinaryIO, hashing)  # the writers take a file; this one hashes
+        old = self.store.blob_path(copied.delta)
+        if old.exists() and splice_delta_layer(delta, out, old, clamp=self.epoch):
+            return
+        with self.delta_view(copied.delta, delta) as merged:
+            write_dir_layer(merged, out, overlay=True, unchanged=unchanged, clamp=self.epoch)
 
     @contextmanager
     def delta_view(self, base: str, delta: Path) -> Iterator[Path]:
@@ -787,7 +798,7 @@ class _Run:
                 reuse.delta = bool(
                     previous_dir is not None and copied.previous and copied.previous.dirs
                     and copied.previous.gnu_tar and len(deferred) == 1 and copy.exclude is None
-                    and _holds_only(upper, copy.target, inside=False)
+                    and _holds_only(upper, copy.target, upper=True)
                     and _holds_only(self.snapshots.path(copied.previous.layer), copy.target)
                 )  # fmt: skip
                 copied.manifests[copy.target] = (
@@ -1619,17 +1630,20 @@ def _below_pivot(relative: str, patterns: tuple[str, ...]) -> str:
     return relative
 
 
-def _holds_only(root: Path, path: str, *, inside: bool = True) -> bool:
+def _holds_only(root: Path, path: str, *, upper: bool = False) -> bool:
     """Whether ``root`` holds nothing but the directories on the way to ``path`` (some of
-    them, if not yet made) and, unless ``inside``, nothing in ``path`` either."""
+    them, if not yet made); for an ``upper`` dir, nothing in ``path`` either, and none of
+    them opaque (each would hide what a delta is mounted over)."""
     directory = root
     parts = path.split("/") if path else []
     for depth in range(len(parts) + 1):
         if not directory.is_dir() or directory.is_symlink():
             return not directory.exists()
+        if upper and depth and is_opaque(directory):
+            return False
         names = os.listdir(directory)
         if depth == len(parts):
-            return inside or not names
+            return not upper or not names
         if any(name != parts[depth] for name in names):
             return False
         directory = directory / parts[depth]

@@ -7,6 +7,7 @@ attributes (``security.capability`` among them) travel as PAX ``SCHILY.xattr`` r
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import mmap
@@ -213,6 +214,7 @@ def _feed(process: subprocess.Popen[bytes], data: bytes) -> None:
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # GNU tar's default blocking: the archive ends on a multiple of it
+_ZERO_BLOCK = bytes(_BLOCK)  # two of them end an archive
 
 
 def splice_dir_layer(
@@ -238,34 +240,116 @@ def splice_dir_layer(
         partial.flush()
         new = mmap.mmap(partial.fileno(), 0, access=mmap.ACCESS_READ) if fresh else None
         new_index = _tar_index(new) if new is not None else {}
-        pieces: list[tuple[mmap.mmap, int, int]] = []
-        for path, is_dir in order:
-            name = path + ("/" if is_dir else "")
-            source, index = (old, old_index) if path in kept else (new, new_index)
-            if source is None or name not in index:
-                return None
-            start, end, _ = index[name]
-            if source is new and old is not None and name in old_index:
-                # written again, but perhaps to the same bytes (a directory, mostly, whose
-                # files changed but not its own metadata): then one run of the old tar
-                # goes on past it
-                old_start, old_end, _ = old_index[name]
-                if old[old_start:old_end] == new[start:end]:
-                    source, start, end = old, old_start, old_end
-            if pieces and pieces[-1][0] is source and pieces[-1][2] == start:
-                pieces[-1] = (source, pieces[-1][1], end)  # runs of entries: one copy each
-            else:
-                pieces.append((source, start, end))
-        writer = HashingWriter.over(out)
-        for source, start, end in pieces:
-            view = memoryview(source).toreadonly()  # (so that it is hashed beside the write)
-            for chunk in range(start, end, 8 << 20):
-                writer.write(view[chunk : min(chunk + (8 << 20), end)])
-            writer.settle()  # (before the view is released)
-            view.release()
-        writer.write(bytes(2 * _BLOCK))
-        writer.write(bytes(-writer.size % _RECORD))
-        return LayerInfo(writer.digest, writer.size)
+        return _assemble(out, order, kept, old, old_index, new, new_index)
+
+
+def splice_delta_layer(
+    delta: Path, out: BinaryIO, previous: Path, *, clamp: int | None = None
+) -> LayerInfo | None:
+    """The layer tar of a copy made as a delta (see ``kiln.engine.snapshots``): ``delta``'s
+    entries over those of ``previous``, the tar GNU tar wrote of the snapshot it is the
+    changes from, minus what its whiteouts delete; byte for byte ``write_dir_layer`` of the
+    two merged. Only the delta's own entries are written by GNU tar, and no tree is walked
+    but the delta's. None where it takes the merged tree: hard links, opaque or empty
+    directories, entries ``previous`` lacks."""
+    fresh: list[tuple[str, bool]] = []
+    removed: set[str] = set()
+    for relative, where in _walk(delta, "", overlay=False):
+        st = os.lstat(where)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # a whiteout
+            removed.add(relative)
+        elif (stat.S_ISDIR(st.st_mode) and is_opaque(where)) or (
+            not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1
+        ):
+            return None
+        else:
+            fresh.append((relative, stat.S_ISDIR(st.st_mode)))
+    written = {path for path, _ in fresh}
+    # gone with all below them: what is deleted, and what a file or symlink replaced
+    hidden = removed | {path for path, is_dir in fresh if not is_dir}
+    with open(previous, "rb") as old_file, tempfile.TemporaryFile() as partial:
+        old = read_uncached(old_file.fileno())
+        old_index = _tar_index(old) if old is not None else {}
+        kept: list[tuple[str, bool]] = []  # in the old tar's order, which is GNU tar's
+        gone = ""  # the hidden path whose entries (next in the tar) are being passed
+        for name, (_, _, kind) in old_index.items():
+            path = name.rstrip("/")
+            if gone and path.startswith(gone):
+                continue
+            gone = path + "/" if path in hidden else ""
+            if gone or path in written:
+                continue
+            if kind not in (b"0", b"2", b"5"):
+                return None  # a hard link, a device: not what a copy of GNU tar's makes
+            kept.append((path, kind == b"5"))
+        order = _merged(kept, sorted(fresh, key=_tar_key))
+        parents = {path.rpartition("/")[0] for path, _ in order}
+        if any(is_dir and path not in parents for path, is_dir in order):
+            return None  # an empty directory: the Python writer's (see _needs_conversion)
+        _gnu_tar(delta, HashingWriter(partial), clamp, [os.fsencode(p) for p, _ in fresh])
+        partial.flush()
+        new = mmap.mmap(partial.fileno(), 0, access=mmap.ACCESS_READ) if fresh else None
+        new_index = _tar_index(new) if new is not None else {}
+        return _assemble(out, order, {p for p, _ in kept}, old, old_index, new, new_index)
+
+
+def _tar_key(entry: tuple[str, bool]) -> list[bytes]:
+    """Where an entry comes in GNU tar's ``--sort=name`` order (see ``_tar_order``)."""
+    return os.fsencode(entry[0]).split(b"/")
+
+
+def _merged(ordered: list[tuple[str, bool]], few: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Two lists in tar order as one: ``few`` placed into ``ordered`` by binary search."""
+    merged: list[tuple[str, bool]] = []
+    start = 0
+    for entry in few:
+        at = bisect.bisect_left(ordered, _tar_key(entry), lo=start, key=_tar_key)
+        merged += ordered[start:at]
+        merged.append(entry)
+        start = at
+    return merged + ordered[start:]
+
+
+def _assemble(
+    out: BinaryIO,
+    order: list[tuple[str, bool]],
+    kept: set[str],
+    old: mmap.mmap | None,
+    old_index: dict[str, tuple[int, int, bytes]],
+    new: mmap.mmap | None,
+    new_index: dict[str, tuple[int, int, bytes]],
+) -> LayerInfo | None:
+    """A tar of the entries ``order`` lists, each copied from the old tar if ``kept``, else
+    from the new one (or the old one still, where it has the same bytes); None where one
+    is missing from its tar."""
+    pieces: list[tuple[mmap.mmap, int, int]] = []
+    for path, is_dir in order:
+        name = path + ("/" if is_dir else "")
+        source, index = (old, old_index) if path in kept else (new, new_index)
+        if source is None or name not in index:
+            return None
+        start, end, _ = index[name]
+        if source is new and old is not None and name in old_index:
+            # written again, but perhaps to the same bytes (a directory, mostly, whose
+            # files changed but not its own metadata): then one run of the old tar
+            # goes on past it
+            old_start, old_end, _ = old_index[name]
+            if old[old_start:old_end] == new[start:end]:
+                source, start, end = old, old_start, old_end
+        if pieces and pieces[-1][0] is source and pieces[-1][2] == start:
+            pieces[-1] = (source, pieces[-1][1], end)  # runs of entries: one copy each
+        else:
+            pieces.append((source, start, end))
+    writer = HashingWriter.over(out)
+    for source, start, end in pieces:
+        view = memoryview(source).toreadonly()  # (so that it is hashed beside the write)
+        for chunk in range(start, end, 8 << 20):
+            writer.write(view[chunk : min(chunk + (8 << 20), end)])
+        writer.settle()  # (before the view is released)
+        view.release()
+    writer.write(bytes(2 * _BLOCK))
+    writer.write(bytes(-writer.size % _RECORD))
+    return LayerInfo(writer.digest, writer.size)
 
 
 def _tar_order(root: Path) -> list[tuple[str, bool]]:
@@ -290,24 +374,26 @@ def _tar_order(root: Path) -> list[tuple[str, bool]]:
 def _tar_index(data: mmap.mmap) -> dict[str, tuple[int, int, bytes]]:
     """Each entry of a tar GNU tar wrote, by its name (directories end in /): where its
     bytes start (its PAX header, if it has one) and end (its data's last block), and its
-    type flag."""
+    type flag. (Tens of thousands of entries: a header is read in as few steps as can be.)"""
     index: dict[str, tuple[int, int, bytes]] = {}
     offset, start, long_name = 0, 0, ""
     while offset + _BLOCK <= len(data):
-        header = data[offset : offset + _BLOCK]
-        if header == bytes(_BLOCK):
+        header = data[offset : offset + 500]  # (the last 12 bytes are padding)
+        if not header[0] and data[offset : offset + _BLOCK] == _ZERO_BLOCK:
             break
         size = _octal(header[124:136])
         kind = header[156:157]
-        data_end = offset + _BLOCK + -(-size // _BLOCK) * _BLOCK
+        data_end = offset + _BLOCK + ((size + _BLOCK - 1) & -_BLOCK)
         if kind == b"x":  # the next entry's PAX header: its own name may be in it
             long_name = _pax_path(data[offset + _BLOCK : offset + _BLOCK + size]) or ""
             offset = data_end
             continue
-        name = header[0:100].split(b"\0", 1)[0]
-        prefix = header[345:500].split(b"\0", 1)[0]
-        full = os.fsdecode(prefix + b"/" + name if prefix else name)
-        index[long_name or full] = (start, data_end, kind)
+        if not long_name:
+            name = header[0:100].partition(b"\0")[0]
+            if header[345]:
+                name = header[345:500].partition(b"\0")[0] + b"/" + name
+            long_name = os.fsdecode(name)
+        index[long_name] = (start, data_end, kind)
         offset = start = data_end
         long_name = ""
     return index
