@@ -218,3 +218,25 @@ def test_a_delta_mounts_as_the_layer_and_goes_with_its_base(
     (probe / "Dockerfile").write_text("FROM d:3\nRUN cat /app/src/edit.py /app/src/keep.py > /p\n")
     invoke("build", "-q", "-t", "probe:1", str(probe))
     assert (snapshots / layers("probe:1")[-1][7:] / "p").read_text() == "third\nunchanged\n"
+
+
+def test_a_copy_over_files_of_the_layers_below_is_never_a_delta(
+    kiln_root: Path, tmp_path: Path
+) -> None:
+    """A delta's whiteouts would hide what the layers below have in the copy's directory:
+    a file deleted from the context shows the lower layer's file again, as a full copy does."""
+    ctx = tmp_path / "ctx"
+    (ctx / "src").mkdir(parents=True)
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox:base\nRUN mkdir -p /app/src && echo lower > /app/src/x.py\n"
+        "COPY src/ /app/src/\nRUN cat /app/src/x.py > /seen\n"
+    )
+    (ctx / "src" / "x.py").write_text("context\n")
+    (ctx / "src" / "y.py").write_text("y\n")
+    invoke("build", "-q", "-t", "over:1", str(ctx))
+    (ctx / "src" / "x.py").unlink()
+    invoke("build", "-q", "-t", "over:2", str(ctx))
+    snapshots = kiln_root / "snapshots"
+    assert (snapshots / layers("over:1")[-1][7:] / "seen").read_text() == "context\n"
+    assert (snapshots / layers("over:2")[-1][7:] / "seen").read_text() == "lower\n"
+    assert not list(snapshots.glob("*.delta"))

@@ -45,6 +45,9 @@ class DeferredCopy:
     # an upper directory over a lower one shows both, any other upper entry hides the
     # lower one, as the removal the overlay would have made first.
     existing: tuple[tuple[str, int, int, int, int], ...] = ()
+    # Whether the layers below have entries in the target: the copy's whiteouts (see
+    # ``_copy_delta``) would hide those too, so it is never made as a delta.
+    over_lower: bool = False
 
 
 Deferred = list[DeferredCopy]
@@ -130,7 +133,8 @@ def copy_into(
                 if deferred is not None and where is not None:
                     existing = () if new or not where else _existing(image, where)
                     deferred.append(DeferredCopy(relative, where, owner, mode, visible, exclude,
-                                                 plain and new, existing))  # fmt: skip
+                                                 plain and new, existing,
+                                                 bool(tree.listdir(target_dir))))  # fmt: skip
                     return
                 if new and plain:
                     cp_contents(source_dir, target_dir)

@@ -798,6 +798,7 @@ class _Run:
                 reuse.delta = bool(
                     previous_dir is not None and copied.previous and copied.previous.dirs
                     and copied.previous.gnu_tar and len(deferred) == 1 and copy.exclude is None
+                    and not copy.over_lower
                     and _holds_only(upper, copy.target, upper=True)
                     and _holds_only(self.snapshots.path(copied.previous.layer), copy.target)
                 )  # fmt: skip
