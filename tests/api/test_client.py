@@ -60,7 +60,7 @@ def test_build_target_skips_a_failing_stage(client: Client, tmp_path: Path) -> N
     with pytest.raises(BuildError) as failed:
         client.images.build(path=str(ctx), tag="bad:1")
     assert "exit code 3" in failed.value.msg
-    assert failed.value.build_log[-1]["error"] == failed.value.msg
+    assert list(failed.value.build_log)[-1]["error"] == failed.value.msg
     with pytest.raises(ImageNotFound):
         client.images.get("bad:1")
 

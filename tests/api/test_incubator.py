@@ -229,7 +229,7 @@ def test_a_failing_run_fails_the_build(client: Client, tmp_path: Path) -> None:
     with pytest.raises(BuildError) as failed:  # incubator never checked RUN's exit code
         build(path=str(ctx), tag="broken:1", container_client=client)
     assert "failed with exit code 3: oops" in failed.value.msg
-    assert failed.value.build_log[-1]["error"] == failed.value.msg
+    assert list(failed.value.build_log)[-1]["error"] == failed.value.msg
     assert "broken:1" not in [t for i in client.images.list() for t in i.tags]
 
 

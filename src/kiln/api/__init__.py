@@ -2,22 +2,32 @@
 atomic-reactor's ``DockerTasker`` (``kiln.api.tasker``, which imports docker-py on use)."""
 
 from kiln.api.client import Client
-from kiln.api.images import (
+from kiln.api.errors import (
+    APIError,
     BuildError,
+    ImageLoadError,
+    ImageNotFound,
+    InvalidArgument,
+    NotFound,
+)
+from kiln.api.images import (
     Image,
     ImageCollection,
-    ImageNotFound,
     NotSupported,
     RegistryData,
     inspect_dict,
 )
 
 __all__ = [
+    "APIError",
     "BuildError",
     "Client",
     "Image",
     "ImageCollection",
+    "ImageLoadError",
     "ImageNotFound",
+    "InvalidArgument",
+    "NotFound",
     "NotSupported",
     "RegistryData",
     "inspect_dict",

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from kiln.api.images import BuildError, NotSupported
+from kiln.api.errors import BuildError
+from kiln.api.images import NotSupported
 from kiln.errors import KilnError
 from kiln.platform import Platform
 from kiln.store import Store, StoredImage

@@ -19,7 +19,8 @@ from typing import IO, Any
 import docker
 import docker.errors
 
-from kiln.api.images import BuildError, ImageNotFound, NotSupported
+from kiln.api.errors import BuildError, ImageNotFound
+from kiln.api.images import NotSupported
 from kiln.context import load_ignore, scan_context
 
 

@@ -17,22 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.api.errors import ImageLoadError, ImageNotFound, InvalidArgument, as_api_error
 from kiln.errors import KilnError
 from kiln.reference import Reference
 from kiln.store import Store, StoredImage
-
-
-class ImageNotFound(KilnError):
-    """No image by that name or ID (docker.errors.ImageNotFound)."""
-
-
-class BuildError(KilnError):
-    """A failed build, with its log as docker-py's BuildError carries it."""
-
-    def __init__(self, reason: str, build_log: list[dict[str, Any]]) -> None:
-        super().__init__(reason)
-        self.msg = reason
-        self.build_log = build_log
 
 
 class NotSupported(KilnError):
@@ -109,6 +97,8 @@ class Image:
         from kiln.store.transfer import save
 
         if isinstance(named, str):
+            if named not in self.tags and named not in self._stored.tags:
+                raise InvalidArgument(f"{named} is not a valid tag for this image")
             name = named
         elif named and self._stored.tags:
             name = self._stored.tags[0]
@@ -185,10 +175,16 @@ class ImageCollection:
             else:
                 shutil.copyfileobj(data, archive)
             archive.flush()
-            return [Image(self, stored) for stored in load(self.store, Path(archive.name))]
+            try:
+                loaded = load(self.store, Path(archive.name))
+            except KilnError as err:
+                raise ImageLoadError(str(err)) from None
+            return [Image(self, stored) for stored in loaded]
 
     def remove(self, image: str, force: bool = False, noprune: bool = False) -> None:
-        self.store.remove(image, force=force)
+        self.get(image)  # (ImageNotFound, as docker-py raises it)
+        with as_api_error():
+            self.store.remove(image, force=force)
 
     def prune(self, filters: dict[str, Any] | None = None) -> dict[str, Any]:
         """Untagged images and unused blobs, as docker-py's prune reports it."""
@@ -201,6 +197,8 @@ class ImageCollection:
         """docker-py's ``images.build``: see ``build_native`` for what each argument does."""
         from kiln.api.build import build_native
 
+        if kwargs.get("path") is None and kwargs.get("fileobj") is None:
+            raise TypeError("You must specify a directory to build in path")  # (docker-py's)
         stored, log = build_native(self.store, **kwargs)
         return Image(self, stored), iter(log)
 
@@ -221,7 +219,7 @@ class ImageCollection:
             raise NotSupported("images.pull: all_tags is not supported")
         reference = Reference.parse(f"{repository}:{tag}" if tag else repository)
         wanted = Platform.parse(platform) if platform else Platform.host()
-        with RegistryClient(reference.registry, insecure=insecure) as client:
+        with as_api_error(), RegistryClient(reference.registry, insecure=insecure) as client:
             return Image(self, pull_image(self.store, reference, client, platform=wanted))
 
     def push(
@@ -235,7 +233,7 @@ class ImageCollection:
         name = f"{repository}:{tag}" if tag else repository
         reference = Reference.parse(name)
         lines: builtins.list[str] = []
-        with RegistryClient(reference.registry, insecure=insecure) as client:
+        with as_api_error(), RegistryClient(reference.registry, insecure=insecure) as client:
             pushed = push_image(
                 self.store, name, reference, client,
                 output=lambda line: lines.append(json.dumps({"status": line})),
@@ -250,7 +248,7 @@ class ImageCollection:
         from kiln.registry.pull import ACCEPT
 
         reference = Reference.parse(name)
-        with RegistryClient(reference.registry, insecure=insecure) as client:
+        with as_api_error(), RegistryClient(reference.registry, insecure=insecure) as client:
             found = client.get_manifest(
                 reference.repository, reference.digest or reference.tag, ACCEPT
             )

@@ -17,7 +17,7 @@ import docker
 import docker.errors
 
 from kiln.api.docker_backend import context_tar
-from kiln.api.images import BuildError
+from kiln.api.errors import BuildError
 from kiln.errors import KilnError
 from kiln.reference import Reference
 
