@@ -105,7 +105,10 @@ def test_prune_removes_untagged_images_and_orphan_blobs(tmp_path: Path) -> None:
     make_image(store, b"kept", "kept")
     orphan = store.put_blob(b"orphan")
     untagged = make_image(store, b"untagged")
-    assert store.prune() == (1, len(b"orphan") + untagged.size + _meta_size(store, untagged))
+    assert store.prune() == (
+        [untagged.id],
+        len(b"orphan") + untagged.size + _meta_size(store, untagged),
+    )
     assert not store.has_blob(orphan)
     assert [i.tags for i in store.images()] == [("docker.io/library/kept:latest",)]
 

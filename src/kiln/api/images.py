@@ -191,7 +191,8 @@ class ImageCollection:
         if filters:
             raise NotSupported("images.prune: filters are not supported")
         removed, freed = self.store.prune()
-        return {"ImagesDeleted": [None] * removed if removed else None, "SpaceReclaimed": freed}
+        deleted = [{"Deleted": digest} for digest in removed]
+        return {"ImagesDeleted": deleted or None, "SpaceReclaimed": freed}
 
     def build(self, **kwargs: Any) -> tuple[Image, Iterator[dict[str, Any]]]:
         """docker-py's ``images.build``: see ``build_native`` for what each argument does."""
@@ -210,45 +211,56 @@ class ImageCollection:
         *,
         platform: str | None = None,
         insecure: bool | None = None,
+        auth_config: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> Image:
         from kiln.platform import Platform
-        from kiln.registry import RegistryClient, pull_image
+        from kiln.registry import pull_image
 
         if all_tags:
             raise NotSupported("images.pull: all_tags is not supported")
-        reference = Reference.parse(f"{repository}:{tag}" if tag else repository)
+        reference = Reference.parse(_joined(repository, tag))
         wanted = Platform.parse(platform) if platform else Platform.host()
-        with as_api_error(), RegistryClient(reference.registry, insecure=insecure) as client:
+        with as_api_error(), _registry(reference, insecure, auth_config) as client:
             return Image(self, pull_image(self.store, reference, client, platform=wanted))
 
     def push(
-        self, repository: str, tag: str | None = None, *, insecure: bool | None = None,
+        self,
+        repository: str,
+        tag: str | None = None,
+        stream: bool = False,
+        auth_config: dict[str, str] | None = None,
+        decode: bool = False,
+        *,
+        insecure: bool | None = None,
         **kwargs: Any,
-    ) -> str:  # fmt: skip
-        """Push, and answer as the engine's push stream does: JSON lines, the last with the
-        pushed digest."""
-        from kiln.registry import RegistryClient, push_image
+    ) -> str | Iterator[Any]:
+        """Push, and answer as the engine's push does: its JSON lines as one string; with
+        ``stream``, one at a time (``decode``: as dicts). The last carries the digest."""
+        from kiln.registry import push_image
 
-        name = f"{repository}:{tag}" if tag else repository
+        name = _joined(repository, tag)
         reference = Reference.parse(name)
-        lines: builtins.list[str] = []
-        with as_api_error(), RegistryClient(reference.registry, insecure=insecure) as client:
+        lines: builtins.list[dict[str, Any]] = []
+        with as_api_error(), _registry(reference, insecure, auth_config) as client:
             pushed = push_image(
                 self.store, name, reference, client,
-                output=lambda line: lines.append(json.dumps({"status": line})),
+                output=lambda line: lines.append({"status": line}),
             )  # fmt: skip
-        lines.append(json.dumps({"aux": {"Tag": reference.tag, "Digest": pushed.digest}}))
-        return "\r\n".join(lines) + "\r\n"
+        lines.append({"aux": {"Tag": reference.tag, "Digest": pushed.digest}})
+        if stream:
+            return iter(lines) if decode else (json.dumps(line) + "\r\n" for line in lines)
+        return "".join(json.dumps(line) + "\r\n" for line in lines)
 
-    def get_registry_data(self, name: str, *, insecure: bool | None = None,
-                          **kwargs: Any) -> RegistryData:  # fmt: skip
+    def get_registry_data(
+        self, name: str, auth_config: dict[str, str] | None = None, *,
+        insecure: bool | None = None, **kwargs: Any,
+    ) -> RegistryData:  # fmt: skip
         """What the registry says of ``name`` without pulling it: digest and platforms."""
-        from kiln.registry import RegistryClient
         from kiln.registry.pull import ACCEPT
 
         reference = Reference.parse(name)
-        with as_api_error(), RegistryClient(reference.registry, insecure=insecure) as client:
+        with as_api_error(), _registry(reference, insecure, auth_config) as client:
             found = client.get_manifest(
                 reference.repository, reference.digest or reference.tag, ACCEPT
             )
@@ -284,6 +296,30 @@ class RegistryData:
         os_name, _, arch = platform.partition("/")
         return any(p.get("os") == os_name and (not arch or p.get("architecture") == arch)
                    for p in self.attrs["Platforms"])  # fmt: skip
+
+
+def _joined(repository: str, tag: str | None) -> str:
+    """``repository`` and docker-py's ``tag`` as one reference: a digest given as the tag
+    is joined with ``@``, as docker-py joins it."""
+    if not tag:
+        return repository
+    return f"{repository}@{tag}" if tag.startswith("sha256:") else f"{repository}:{tag}"
+
+
+def _registry(
+    reference: Reference, insecure: bool | None, auth_config: dict[str, str] | None
+) -> Any:
+    """A client of ``reference``'s registry: with docker-py's ``auth_config`` (username
+    and password, or an identity token) where given, else Docker's configured credentials."""
+    from kiln.registry import Credentials, RegistryClient
+
+    credentials = None
+    if auth_config:
+        credentials = Credentials(
+            str(auth_config.get("username", "")), str(auth_config.get("password", "")),
+            str(auth_config.get("identitytoken", "")),
+        )  # fmt: skip
+    return RegistryClient(reference.registry, insecure=insecure, credentials=credentials)
 
 
 def _blob(client: Any, repository: str, descriptor: dict[str, Any]) -> bytes:

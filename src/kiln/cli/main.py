@@ -328,7 +328,7 @@ def prune_command(cache_mounts: bool) -> None:
     store = _store()
     reclaim(store.root, strays=True)
     images, freed = store.prune()
-    click.echo(f"Deleted {images} untagged image(s); reclaimed {_human_size(freed)}")
+    click.echo(f"Deleted {len(images)} untagged image(s); reclaimed {_human_size(freed)}")
     if cache_mounts:
         caches, freed = store.prune_cache_mounts()
         click.echo(f"Deleted {caches} cache mount(s); reclaimed {_human_size(freed)}")

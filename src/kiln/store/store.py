@@ -472,26 +472,24 @@ class Store:
             self._write_index()
         return removed
 
-    def prune(self) -> tuple[int, int]:
+    def prune(self) -> tuple[list[str], int]:
         """Remove the build cache (ADD's downloads with it), untagged images and blobs
-        nothing references: (images, bytes) freed."""
+        nothing references: (the IDs of the images removed, bytes freed)."""
         with self._collecting():
             self.db.execute("DELETE FROM cache")
             self.db.execute("DELETE FROM copies")  # what incremental COPYs start from
             downloads = self.root / "cache" / "http"
             download_bytes = _tree_size(downloads)
             shutil.rmtree(downloads, ignore_errors=True)
-            untagged = [
-                r[0]
-                for r in self.db.execute(
-                    "SELECT manifest FROM images WHERE manifest NOT IN (SELECT manifest FROM tags)"
-                )
-            ]
-            for digest in untagged:
+            untagged = self.db.execute(
+                "SELECT manifest, config FROM images"
+                " WHERE manifest NOT IN (SELECT manifest FROM tags)"
+            ).fetchall()
+            for digest, _ in untagged:
                 self.db.execute("DELETE FROM images WHERE manifest = ?", (digest,))
             freed = self._collect_garbage() + download_bytes
             self._write_index()
-        return len(untagged), freed
+        return [str(config) for _, config in untagged], freed
 
     def prune_cache_mounts(self) -> tuple[int, int]:
         """Empty the ``RUN --mount=type=cache`` directories builds keep between them:
