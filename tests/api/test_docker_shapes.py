@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import docker
 import docker.errors
 import pytest
 
 from kiln.api import Client
 from tests.api.support import context
+from tests.engines import DockerEngine
 from tests.registries import Registry
 
 
@@ -58,3 +60,26 @@ def test_prune_reports_the_ids_it_deleted(client: Client, tmp_path: Path) -> Non
     assert pruned["ImagesDeleted"] == [{"Deleted": old.id}]
     assert pruned["SpaceReclaimed"] > 0
     assert client.images.prune()["ImagesDeleted"] is None  # nothing more, as docker says it
+
+
+def test_history_has_the_engines_keys_and_types(
+    client: Client, tmp_path: Path, docker_engine: DockerEngine
+) -> None:
+    """The same image's history from kiln and from a Docker engine that loaded it."""
+    ctx = context(tmp_path, "FROM busybox:base\nRUN echo h > /h\nENV A=1\nRUN echo i > /i\n")
+    image, _ = client.images.build(path=str(ctx), tag="hist:1")
+    archive = tmp_path / "hist.tar"
+    archive.write_bytes(b"".join(image.save(named="hist:1")))
+    docker_engine.run("load", "-i", str(archive))
+    engine = docker.DockerClient(base_url=docker_engine.host)
+    try:
+        theirs = engine.images.get("hist:1").history()
+    finally:
+        engine.close()
+    ours = image.history()
+    assert len(ours) == len(theirs)
+    for mine, engines in zip(ours, theirs, strict=True):
+        assert {k: type(v) for k, v in mine.items()} == {k: type(v) for k, v in engines.items()}
+        assert (mine["Created"], mine["CreatedBy"]) == (engines["Created"], engines["CreatedBy"])
+        assert (mine["Size"] > 0) == (engines["Size"] > 0)  # a layer, or none
+    assert ours[0]["Id"] == theirs[0]["Id"] == image.id

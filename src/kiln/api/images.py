@@ -9,6 +9,7 @@ and ``get_registry_data`` take docker-py's arguments, and ``Image`` has ``id``, 
 from __future__ import annotations
 
 import builtins
+import datetime
 import io
 import json
 import shutil
@@ -111,17 +112,21 @@ class Image:
                 yield chunk
 
     def history(self) -> list[dict[str, Any]]:
-        """Newest first, as ``docker history``: the top entry carries the ID and tags."""
+        """Newest first, as the engine's history: the top entry carries the ID and tags,
+        ``Created`` is in seconds since 1970 and ``Size`` is the bytes of the layer the
+        step made (0 for a step that made none)."""
         entries = list(self._stored.config.get("history") or [])
+        sizes = iter(layer.size for layer in self._stored.layers)
+        made = [0 if entry.get("empty_layer") else next(sizes, 0) for entry in entries]
         rows = []
-        for n, entry in enumerate(reversed(entries)):
+        for n, (entry, size) in enumerate(zip(reversed(entries), reversed(made), strict=True)):
             rows.append({
                 "Id": self.id if n == 0 else "<missing>",
-                "Created": entry.get("created", ""),
+                "Created": _seconds(entry.get("created", "")),
                 "CreatedBy": entry.get("created_by", ""),
                 "Tags": self.tags if n == 0 else None,
+                "Size": size,
                 "Comment": entry.get("comment", ""),
-                "EmptyLayer": bool(entry.get("empty_layer")),
             })  # fmt: skip
         return rows
 
@@ -296,6 +301,14 @@ class RegistryData:
         os_name, _, arch = platform.partition("/")
         return any(p.get("os") == os_name and (not arch or p.get("architecture") == arch)
                    for p in self.attrs["Platforms"])  # fmt: skip
+
+
+def _seconds(created: str) -> int:
+    """An RFC 3339 time (an image config's) as seconds since 1970; 0 if there is none."""
+    try:
+        return int(datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
 
 
 def _joined(repository: str, tag: str | None) -> str:
