@@ -30,9 +30,15 @@ def test_push_streams_dicts_or_lines_and_pull_takes_a_digest_as_the_tag(
     lines = list(client.images.push(repository, tag="1", stream=True))
     assert all(isinstance(line, str) for line in lines) and digest in lines[-1]
 
+    image.reload()  # (attrs are what was known when the image was asked for, as docker-py's)
+    assert image.attrs["RepoDigests"] == [f"{repository}@{digest}"]  # as docker's, once pushed
+
     other = Client(root=tmp_path / "other-store")
     pulled = other.images.pull(repository, tag=digest)  # docker-py: repository@digest
     assert pulled.id == image.id
+    assert pulled.attrs["RepoDigests"] == [f"{repository}@{digest}"]
+    other.images.remove(pulled.id, force=True)  # and the record goes with the image
+    assert other.store is not None and other.store.repo_digests(digest) == []
 
 
 def test_auth_config_is_used_by_pull_push_and_registry_data(

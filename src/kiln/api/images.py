@@ -14,7 +14,7 @@ import io
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,13 +28,13 @@ class NotSupported(KilnError):
     """An argument the native backend does not honour yet."""
 
 
-def inspect_dict(image: StoredImage) -> dict[str, Any]:
-    """What ``docker image inspect`` shows of an image."""
+def inspect_dict(image: StoredImage, repo_digests: Sequence[str] = ()) -> dict[str, Any]:
+    """What ``docker image inspect`` shows of an image (``repo_digests``: the store's)."""
     config = image.config
     return {
         "Id": image.id,
         "RepoTags": [Reference.parse(t).familiar for t in image.tags],
-        "RepoDigests": [],
+        "RepoDigests": [Reference.parse(name).familiar for name in repo_digests],
         "Created": config.get("created", ""),
         "Author": config.get("author", ""),
         "Config": config.get("config", {}),
@@ -53,6 +53,8 @@ class Image:
     def __init__(self, collection: ImageCollection, stored: StoredImage) -> None:
         self.collection = collection
         self._stored = stored
+        # what docker-py's attrs hold: the answer when the image was asked for (or reloaded)
+        self._repo_digests = collection.store.repo_digests(stored.manifest_digest)
 
     def __repr__(self) -> str:
         return f"<Image: '{', '.join(self.tags)}'>"
@@ -81,10 +83,11 @@ class Image:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return inspect_dict(self._stored)
+        return inspect_dict(self._stored, self._repo_digests)
 
     def reload(self) -> None:
         self._stored = self.collection.store.image(self._stored.manifest_digest)
+        self._repo_digests = self.collection.store.repo_digests(self._stored.manifest_digest)
 
     def tag(self, repository: str, tag: str | None = None, **kwargs: Any) -> bool:
         """Tag this image as ``repository[:tag]``; True, as docker-py returns."""

@@ -297,7 +297,9 @@ def inspect_command(names: tuple[str, ...]) -> None:
     from kiln.api.images import inspect_dict
 
     store = _store()
-    click.echo(json.dumps([inspect_dict(store.image(name)) for name in names], indent=4))
+    images = [store.image(name) for name in names]
+    found = [inspect_dict(image, store.repo_digests(image.manifest_digest)) for image in images]
+    click.echo(json.dumps(found, indent=4))
 
 
 @cli.command("tag")

@@ -79,6 +79,10 @@ def pull_image(
                       layers))  # fmt: skip
         tags = [reference] if reference.tag else []
         image = store.add_manifest(found.data, tags)
+        store.remember_repo_digest(
+            image.manifest_digest,
+            Reference(reference.registry, reference.repository, digest=found.digest),
+        )
     output(f"Digest: {found.digest}")
     return image
 

@@ -105,6 +105,10 @@ def push_image(
         repository, reference, canonical_json(manifest), str(manifest["mediaType"])
     )
     output(f"{reference}: digest: {digest}")
+    store.remember_repo_digest(
+        image.manifest_digest,
+        Reference(destination.registry, destination.repository, digest=digest),
+    )
     return Pushed(destination, digest, sum(uploads))
 
 

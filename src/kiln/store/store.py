@@ -72,6 +72,11 @@ CREATE TABLE IF NOT EXISTS sources (
     repository TEXT NOT NULL,
     PRIMARY KEY (blob, registry, repository)
 );
+CREATE TABLE IF NOT EXISTS repo_digests (
+    manifest TEXT NOT NULL REFERENCES images(manifest) ON DELETE CASCADE,
+    name TEXT NOT NULL,          -- registry/repository@digest: where it was pulled or pushed
+    PRIMARY KEY (manifest, name)
+);
 CREATE TABLE IF NOT EXISTS compressed (
     layer TEXT NOT NULL,         -- the diff_id of a layer stored uncompressed
     algorithm TEXT NOT NULL,     -- gzip or zstd
@@ -338,6 +343,22 @@ class Store:
             rows = self.db.execute(
                 "SELECT repository FROM sources WHERE blob = ? AND registry = ?",
                 (digest, registry),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def remember_repo_digest(self, manifest: str, name: Reference) -> None:
+        """That the image ``manifest`` is ``name`` (``registry/repository@digest``) in a
+        registry: pulled from it, or pushed to it (where its manifest may be another)."""
+        with self._db_lock:
+            self.db.execute(
+                "INSERT OR IGNORE INTO repo_digests VALUES (?, ?)", (manifest, str(name))
+            )
+
+    def repo_digests(self, manifest: str) -> list[str]:
+        """What ``remember_repo_digest`` knows of an image, as docker's ``RepoDigests``."""
+        with self._db_lock:
+            rows = self.db.execute(
+                "SELECT name FROM repo_digests WHERE manifest = ? ORDER BY name", (manifest,)
             ).fetchall()
         return [str(r[0]) for r in rows]
 
