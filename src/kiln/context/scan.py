@@ -612,28 +612,31 @@ def scan_context(
 
 
 def _remember(path: Path, scan: str, remembered: Remembered, previous: Remembered | None) -> None:
-    """Write what a scan found, from a thread of its own while the build goes on. The cache
-    only saves work: if it cannot be written, the next scan hashes again."""
-    try:
-        cache = DigestCache(path)
-        try:
-            unchanged = previous is not None and previous[1:] == remembered[1:]
-            if not unchanged:
-                cache.remember(scan, remembered)
-            elif remembered.listing:
-                cache.confirm(scan, remembered.listing)
-        finally:
-            cache.close()
-    except (sqlite3.Error, OSError):
-        pass
+    """Write what a scan found, from a thread of its own while the build goes on."""
+
+    def write(cache: DigestCache) -> None:
+        unchanged = previous is not None and previous[1:] == remembered[1:]
+        if not unchanged:
+            cache.remember(scan, remembered)
+        elif remembered.listing:
+            cache.confirm(scan, remembered.listing)
+
+    _writing(path, write)
 
 
 def _remember_digests(path: Path, scan: str, snapshot: ContextSnapshot) -> None:
-    """Write the digests of subtrees a build took (see ``_remember``: only saves work)."""
+    """Write the digests of subtrees a build took."""
+    _writing(path, lambda cache: cache.remember_digests(scan, snapshot.listing,
+                                                        snapshot.known_digests))  # fmt: skip
+
+
+def _writing(path: Path, write: Callable[[DigestCache], None]) -> None:
+    """``write`` to the cache at ``path``. The cache only saves work: if it cannot be
+    written, the next scan hashes again."""
     try:
         cache = DigestCache(path)
         try:
-            cache.remember_digests(scan, snapshot.listing, snapshot.known_digests)
+            write(cache)
         finally:
             cache.close()
     except (sqlite3.Error, OSError):

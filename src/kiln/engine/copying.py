@@ -11,6 +11,7 @@ copied as a symlink or replaced, never followed out.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 import subprocess
 from collections.abc import Collection, Iterator, Mapping
@@ -214,15 +215,9 @@ def copy_deferred(copy: DeferredCopy, context: Tree, layer: Tree, reuse: Reuse) 
         below = [e for e in reuse.entries.values() if e.path.startswith(prefix)]
         if copy.plain and (reuse.previous is None or any(e.kind == "other" for e in below)):
             cp_contents(source_dir, target_dir)  # (cp copies FIFOs and devices too)
-            return {
-                e.path[len(prefix):]: (
-                    "linked" if e.path in reuse.hard_links and e.kind != "dir" else e.kind,
-                    e.digest, e.mtime_ns, 0o777 if e.kind == "symlink" else e.mode & 0o7777,
-                )
-                for e in below if e.kind in ("file", "symlink", "dir")
-            }  # fmt: skip
+            return _recorded(below, prefix, None, reuse.hard_links)
         reuse.owner, reuse.top = copy.owner, target_dir
-        reuse.delta = reuse.delta and _copy_delta(copy, source_dir, target_dir, reuse)
+        reuse.delta = reuse.delta and _copy_delta(copy, below, context, layer, target_dir, reuse)
         if not reuse.delta:
             _copy_contents(source_dir, copy.source, target_dir, copy.owner, copy.mode,
                            copy.visible, copy.exclude, "", reuse, copy.plain,
@@ -234,19 +229,42 @@ def copy_deferred(copy: DeferredCopy, context: Tree, layer: Tree, reuse: Reuse) 
         return reuse.written
 
 
-def _copy_delta(copy: DeferredCopy, source_dir: int, target_dir: int, reuse: Reuse) -> bool:
+def _recorded(
+    below: list[ContextEntry], prefix: str, mode: int | None, hard_links: Collection[str]
+) -> Manifest:
+    """The manifest a copy of these context entries (all below ``prefix``) makes, as the
+    scan has them: files, symlinks and directories (devices, FIFOs and sockets are not
+    copied); a file of a hard-link group is "linked"."""
+    return {
+        e.path[len(prefix) :]: (
+            "linked" if e.path in hard_links and e.kind != "dir" else e.kind,
+            e.digest, e.mtime_ns, 0o777 if e.kind == "symlink" else _mode(e.mode, mode),
+        )
+        for e in below if e.kind in ("file", "symlink", "dir")
+    }  # fmt: skip
+
+
+def _copy_delta(
+    copy: DeferredCopy,
+    below: list[ContextEntry],
+    context: Tree,
+    layer: Tree,
+    target_dir: int,
+    reuse: Reuse,
+) -> bool:
     """``copy`` as the changes from the last copy (see ``Reuse.delta``): changed and new
     entries, whiteouts for deleted ones, and the directories they are in or whose own
     metadata changed. False, with nothing written, where the changes are too many for a
     delta to pay: then the copy is made whole."""
     prefix = copy.source + "/" if copy.source else ""
-    wanted: Manifest = {}
-    for e in reuse.entries.values():
-        if not e.path.startswith(prefix) or e.kind not in ("file", "symlink", "dir"):
-            continue  # (devices, FIFOs and sockets are not copied)
-        kind = "linked" if e.path in reuse.hard_links and e.kind != "dir" else e.kind
-        mode = 0o777 if kind == "symlink" else _mode(e.mode, copy.mode)
-        wanted[e.path[len(prefix) :]] = (kind, e.digest, e.mtime_ns, mode)
+    wanted = _recorded(below, prefix, copy.mode, reuse.hard_links)
+
+    def source(path: str) -> int:
+        return context.directory(posixpath.join(copy.source, path), links=False)
+
+    def target(path: str) -> int:
+        return layer.directory(posixpath.join(copy.target, path), links=False)
+
     changed = [p for p, w in wanted.items() if w[0] == "linked" or reuse.manifest.get(p) != w]
     whiteouts: list[str] = []
     for path in sorted(p for p in reuse.manifest if p not in wanted):
@@ -265,22 +283,19 @@ def _copy_delta(copy: DeferredCopy, source_dir: int, target_dir: int, reuse: Reu
         return False
     for path in sorted(directories):
         parent, _, name = path.rpartition("/")
-        with opened(_below(target_dir, parent)) as parent_fd:
+        with opened(target(parent)) as parent_fd:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
     try:
         for path in whiteouts:  # overlayfs's: a 0/0 character device
             parent, _, name = path.rpartition("/")
-            with opened(_below(target_dir, parent)) as parent_fd:
+            with opened(target(parent)) as parent_fd:
                 os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent_fd)
     except PermissionError:  # no device nodes here (a user namespace): made whole, then
         tree.clear(target_dir)
         return False
     for path in files:
         parent, _, name = path.rpartition("/")
-        with (
-            opened(_below(source_dir, parent)) as from_dir,
-            opened(_below(target_dir, parent)) as to_dir,
-        ):
+        with opened(source(parent)) as from_dir, opened(target(parent)) as to_dir:
             if wanted[path][0] == "linked":
                 _copy_grouped(reuse, from_dir, name, to_dir, path, copy.mode)
             else:
@@ -288,7 +303,7 @@ def _copy_delta(copy: DeferredCopy, source_dir: int, target_dir: int, reuse: Reu
                 _written(reuse, st, prefix + path, path, copy.mode)
     for path in sorted(directories, reverse=True):  # deepest first: making one changes those above
         parent, _, name = path.rpartition("/")
-        with opened(_below(source_dir, path)) as from_fd, opened(_below(target_dir, parent)) as to:
+        with opened(source(path)) as from_fd, opened(target(parent)) as to:
             st = os.stat(from_fd)
             dir_mode = _mode(st.st_mode, copy.mode)
             tree.set_metadata(to, name, owner=copy.owner, mode=dir_mode, mtime_ns=st.st_mtime_ns)
@@ -305,19 +320,6 @@ def _copy_delta(copy: DeferredCopy, source_dir: int, target_dir: int, reuse: Reu
 def _under(path: str, directories: list[str]) -> bool:
     """Whether ``path`` is at or below one of ``directories``."""
     return any(path == d or path.startswith(d + "/") for d in directories)
-
-
-def _below(directory: int, path: str) -> int:
-    """The directory ``path`` (relative, "" for itself) below ``directory``, opened one name
-    at a time without following a symlink."""
-    fd = os.open(".", _DIR, dir_fd=directory)
-    for name in path.split("/") if path else ():
-        try:
-            child = os.open(name, _DIR, dir_fd=fd)
-        finally:
-            os.close(fd)
-        fd = child
-    return fd
 
 
 def _copy_contents(

@@ -77,7 +77,8 @@ class Snapshots:
 
     def delta_path(self, diff_id: str) -> Path:
         """Where a layer kept as the changes from another one is (see ``adopt_delta``)."""
-        return self.path(diff_id).with_name(self.path(diff_id).name + DELTA)
+        whole = self.path(diff_id)
+        return whole.with_name(whole.name + DELTA)
 
     def has(self, diff_id: str) -> bool:
         """Whether the layer is here, whole or as a delta."""

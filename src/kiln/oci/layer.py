@@ -231,16 +231,10 @@ def splice_dir_layer(
         st = os.lstat(root / path)
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
             return None
-    with open(previous, "rb") as old_file, tempfile.TemporaryFile() as partial:
-        old = read_uncached(old_file.fileno())
-        old_index = _tar_index(old) if old is not None else {}
-        if any(old_index.get(p, (0, 0, b"1"))[2] not in (b"0", b"2") for p in kept):
-            return None  # missing, or a hard link entry (its first path is not kept)
-        _gnu_tar(root, HashingWriter(partial), clamp, [os.fsencode(p) for p in fresh])
-        partial.flush()
-        new = mmap.mmap(partial.fileno(), 0, access=mmap.ACCESS_READ) if fresh else None
-        new_index = _tar_index(new) if new is not None else {}
-        return _assemble(out, order, kept, old, old_index, new, new_index)
+    old, old_index = _read_tar(previous)
+    if any(old_index.get(p, (0, 0, b"1"))[2] not in (b"0", b"2") for p in kept):
+        return None  # missing, or a hard link entry (its first path is not kept)
+    return _spliced(out, root, fresh, clamp, order, kept, old, old_index)
 
 
 def splice_delta_layer(
@@ -267,30 +261,52 @@ def splice_delta_layer(
     written = {path for path, _ in fresh}
     # gone with all below them: what is deleted, and what a file or symlink replaced
     hidden = removed | {path for path, is_dir in fresh if not is_dir}
-    with open(previous, "rb") as old_file, tempfile.TemporaryFile() as partial:
-        old = read_uncached(old_file.fileno())
-        old_index = _tar_index(old) if old is not None else {}
-        kept: list[tuple[str, bool]] = []  # in the old tar's order, which is GNU tar's
-        gone = ""  # the hidden path whose entries (next in the tar) are being passed
-        for name, (_, _, kind) in old_index.items():
-            path = name.rstrip("/")
-            if gone and path.startswith(gone):
-                continue
-            gone = path + "/" if path in hidden else ""
-            if gone or path in written:
-                continue
-            if kind not in (b"0", b"2", b"5"):
-                return None  # a hard link, a device: not what a copy of GNU tar's makes
-            kept.append((path, kind == b"5"))
-        order = _merged(kept, sorted(fresh, key=_tar_key))
-        parents = {path.rpartition("/")[0] for path, _ in order}
-        if any(is_dir and path not in parents for path, is_dir in order):
-            return None  # an empty directory: the Python writer's (see _needs_conversion)
-        _gnu_tar(delta, HashingWriter(partial), clamp, [os.fsencode(p) for p, _ in fresh])
+    old, old_index = _read_tar(previous)
+    kept: list[tuple[str, bool]] = []  # in the old tar's order, which is GNU tar's
+    gone = ""  # the hidden path whose entries (next in the tar) are being passed
+    for name, (_, _, kind) in old_index.items():
+        path = name.rstrip("/")
+        if gone and path.startswith(gone):
+            continue
+        gone = path + "/" if path in hidden else ""
+        if gone or path in written:
+            continue
+        if kind not in (b"0", b"2", b"5"):
+            return None  # a hard link, a device: not what a copy of GNU tar's makes
+        kept.append((path, kind == b"5"))
+    order = _merged(kept, sorted(fresh, key=_tar_key))
+    parents = {path.rpartition("/")[0] for path, _ in order}
+    if any(is_dir and path not in parents for path, is_dir in order):
+        return None  # an empty directory: the Python writer's (see _needs_conversion)
+    fresh_paths = [path for path, _ in fresh]
+    return _spliced(out, delta, fresh_paths, clamp, order, {p for p, _ in kept}, old, old_index)
+
+
+def _read_tar(path: Path) -> tuple[mmap.mmap | None, dict[str, tuple[int, int, bytes]]]:
+    """A layer tar GNU tar wrote, read whole (around the page cache), and its index."""
+    with open(path, "rb") as file:
+        data = read_uncached(file.fileno())  # (still there once the file is closed)
+    return data, _tar_index(data) if data is not None else {}
+
+
+def _spliced(
+    out: BinaryIO,
+    root: Path,
+    fresh: list[str],
+    clamp: int | None,
+    order: list[tuple[str, bool]],
+    kept: set[str],
+    old: mmap.mmap | None,
+    old_index: dict[str, tuple[int, int, bytes]],
+) -> LayerInfo | None:
+    """The entries ``order`` lists: the ``fresh`` ones (below ``root``) written by GNU tar,
+    the ``kept`` ones taken from the old tar (see ``_assemble``)."""
+    with tempfile.TemporaryFile() as partial:
+        _gnu_tar(root, HashingWriter(partial), clamp, [os.fsencode(p) for p in fresh])
         partial.flush()
         new = mmap.mmap(partial.fileno(), 0, access=mmap.ACCESS_READ) if fresh else None
         new_index = _tar_index(new) if new is not None else {}
-        return _assemble(out, order, {p for p, _ in kept}, old, old_index, new, new_index)
+        return _assemble(out, order, kept, old, old_index, new, new_index)
 
 
 def _tar_key(entry: tuple[str, bool]) -> list[bytes]:
